@@ -1,0 +1,47 @@
+"""Contracts shared by every stage: Arrow schemas per topic and the envelope codec."""
+
+from schemas.codec import (
+    ARROW,
+    ENCODING_HEADER,
+    JSON,
+    RECORD_HEADER,
+    Decoded,
+    Rejection,
+    decode,
+    encode_arrow,
+    encode_json,
+    header_value,
+    headers_for,
+)
+from schemas.records import (
+    ALERT,
+    ALL_SCHEMAS,
+    COST_RECORD,
+    DEAD_LETTER,
+    GPU_SAMPLE,
+    MONEY,
+    REQUEST_EVENT,
+    WINDOW_AGGREGATE,
+)
+
+__all__ = [
+    "ALERT",
+    "ALL_SCHEMAS",
+    "ARROW",
+    "COST_RECORD",
+    "DEAD_LETTER",
+    "ENCODING_HEADER",
+    "GPU_SAMPLE",
+    "JSON",
+    "MONEY",
+    "RECORD_HEADER",
+    "REQUEST_EVENT",
+    "WINDOW_AGGREGATE",
+    "Decoded",
+    "Rejection",
+    "decode",
+    "encode_arrow",
+    "encode_json",
+    "header_value",
+    "headers_for",
+]
