@@ -1,0 +1,427 @@
+"""The one Kafka producer every collector uses: Arrow envelopes, never blocks, never loses.
+
+Why this shape (DESIGN: batch on the wire): workers run ~100x faster on Arrow IPC batches than
+on one event per message, so callers hand events to an in-memory queue (a deque append, about
+a microsecond) and a background thread groups them into envelopes of at most `max_rows` rows /
+`max_bytes` bytes or `linger_s` seconds, whichever comes first.
+
+No loss: an envelope Kafka refuses (broker unreachable, delivery timeout, local queue full,
+shutdown with messages still in flight) is journaled to a local spool (see `spool.py`); while
+the spool holds anything, new envelopes are journaled behind it so order is kept, and a replay
+loop sends the spool in order once the broker answers again, including the spool left by an
+earlier run of the collector. If the in-memory queue itself is full (sender thread starved),
+the caller spills the queue to the spool instead of dropping. Only a hard kill loses what is
+still in memory (at most `linger_s` worth of events).
+
+Keys: envelopes rotate over `key_slots` keys ("<host>/<slot>") so they spread over partitions
+while each slot keeps its order. Nothing downstream needs per-GPU or per-host ordering:
+costing joins requests and GPU samples by time bucket, and dedup is by id.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from collectors import metrics
+from collectors.spool import Spool, SpoolBusyError, SpoolRecord
+from costpipe.kafka_config import confluent_producer
+from costpipe.settings import Settings
+from schemas.codec import encode_arrow, headers_for
+from schemas.records import GPU_SAMPLE, REQUEST_EVENT
+
+log = logging.getLogger(__name__)
+
+REPLAY_CHUNK = 256
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass
+class _FlushRequest:
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _ReplayChunk:
+    records: list[SpoolRecord]
+    outcome: list[bool | None]
+
+    def finished(self) -> bool:
+        return all(o is not None for o in self.outcome)
+
+
+class BatchingProducer:
+    """Queue → Arrow envelopes → idempotent, compressed Kafka producer, with a disk spool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        schema: pa.Schema = REQUEST_EVENT,
+        record: str = "request_event",
+        *,
+        spool_dir: Path | None = None,
+        metrics: bool = True,
+        max_rows: int = 1000,
+        max_bytes: int = 1024 * 1024,
+        linger_s: float = 0.2,
+        max_queue: int = 200_000,
+        delivery_timeout_s: float = 15.0,
+        key_slots: int = 32,
+    ) -> None:
+        self.topic = topic
+        self.schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+        self._record = record
+        self._headers = headers_for("arrow", record)
+        self._max_rows, self._max_bytes = max_rows, max_bytes
+        self._linger_s, self._max_queue = linger_s, max_queue
+        self._key_prefix = f"{socket.gethostname()}/".encode()
+        self._key_slots, self._key_counter = key_slots, 0
+        self._metrics = metrics
+        self._labels = (topic,)
+        self._config = confluent_producer(
+            settings,
+            **{
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
+                "queue.buffering.max.messages": 100_000,
+                "reconnect.backoff.max.ms": 1000,
+            },
+        )
+        self._producer = Producer(self._config)
+        folder = spool_dir or Path(settings.state_dir) / "spool" / topic
+        try:
+            self._spool = Spool(folder)
+        except SpoolBusyError:
+            # Another collector on this host owns the folder: keep a private one beside it.
+            self._spool = Spool(Path(folder) / f"pid-{os.getpid()}-{id(self):x}")
+        self._queue: deque[Mapping[str, Any] | pa.RecordBatch | pa.Table] = deque()
+        self._wake = threading.Event()
+        self._flushes: deque[_FlushRequest] = deque()
+        self._spill_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+        self._replay: _ReplayChunk | None = None
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._stats = {"sent": 0, "spooled": 0, "replayed": 0, "failed": 0}
+        self._thread = threading.Thread(
+            target=self._run, name=f"costpipe-producer-{topic}", daemon=True
+        )
+        self._thread.start()
+        ref = weakref.ref(self)
+        atexit.register(lambda: (p := ref()) is not None and p.close())
+
+    # ------------------------------------------------------------------ caller side
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Queue one event; returns at once (the sender thread does the work)."""
+        queue = self._queue
+        queue.append(event)
+        if len(queue) >= self._max_rows:
+            if len(queue) >= self._max_queue:
+                self._spill()
+            self._wake.set()
+
+    def emit_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Queue a whole Arrow batch (columns missing from it are sent as nulls)."""
+        if batch.num_rows == 0:
+            return
+        self._queue.append(batch)
+        self._wake.set()
+        if len(self._queue) >= self._max_queue:
+            self._spill()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Send everything queued; try to replay the spool; what is left stays spooled."""
+        if self._closed or not self._thread.is_alive():
+            return
+        request = _FlushRequest(time.monotonic() + timeout)
+        self._flushes.append(request)
+        self._wake.set()
+        request.done.wait(timeout + 1.0)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then journal whatever Kafka still holds, and stop the sender thread."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout + 5.0)
+        self._spool.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            **self._stats,
+            "queued": sum(_rows(item) for item in list(self._queue)),
+            "spool_pending": self._spool.pending_rows,
+        }
+
+    # ------------------------------------------------------------------ sender thread
+
+    def _run(self) -> None:
+        while True:
+            replaying = self._replay is not None or not self._spool.empty
+            self._wake.wait(0.02 if replaying else self._linger_s)
+            self._wake.clear()
+            try:
+                self._drain(force=True)
+                self._producer.poll(0)
+                self._replay_step()
+                if self._flushes:
+                    self._serve_flushes()
+            except Exception:  # keep sending; the error is logged, data stays queued/spooled
+                log.exception("producer for %s hit an error; continuing", self.topic)
+            if self._metrics:
+                metrics.QUEUE_DEPTH.labels(*self._labels).set(len(self._queue))
+                metrics.SPOOL_PENDING.labels(*self._labels).set(self._spool.pending_rows)
+            if self._stop.is_set():
+                self._shutdown()
+                return
+
+    def _drain(self, force: bool) -> None:
+        """Turn queued items into envelopes; dicts are grouped, batches sliced to max_rows."""
+        queue = self._queue
+        while queue and (force or len(queue) >= self._max_rows):
+            events: list[Mapping[str, Any]] = []
+            while queue and len(events) < self._max_rows and isinstance(queue[0], Mapping):
+                events.append(queue.popleft())
+            if events:
+                self._dispatch(self._to_batch(events))
+                continue
+            item = queue.popleft()
+            table = self._conform(item)  # type: ignore[arg-type]
+            for offset in range(0, table.num_rows, self._max_rows):
+                self._dispatch(table.slice(offset, self._max_rows))
+
+    def _to_batch(self, events: list[Mapping[str, Any]]) -> pa.Table | None:
+        try:
+            return pa.Table.from_pylist(events, schema=self.schema)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            good: list[Mapping[str, Any]] = []
+            for event in events:  # rare path: find the bad ones, keep them on disk
+                try:
+                    pa.Table.from_pylist([event], schema=self.schema)
+                    good.append(event)
+                except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                    self._reject(event, str(exc))
+            return pa.Table.from_pylist(good, schema=self.schema) if good else None
+
+    def _conform(self, data: pa.RecordBatch | pa.Table) -> pa.Table:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        columns = []
+        for target in self.schema:
+            if target.name in table.column_names:
+                column = table.column(target.name)
+                if not column.type.equals(target.type):
+                    column = column.cast(target.type)
+                columns.append(column)
+            else:
+                columns.append(pa.nulls(table.num_rows, target.type))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _reject(self, event: Mapping[str, Any], reason: str) -> None:
+        line = json.dumps({"reason": reason, "event": event}, default=str)
+        with open(self._spool.folder / "rejected.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        self._count("failed", 1)
+        log.warning("event for %s could not be encoded (%s); kept in rejected.jsonl",
+                    self.topic, reason)
+
+    def _dispatch(self, table: pa.Table | None) -> None:
+        if table is None or table.num_rows == 0:
+            return
+        payload = encode_arrow(table)
+        if len(payload) > self._max_bytes and table.num_rows > 1:
+            half = table.num_rows // 2
+            self._dispatch(table.slice(0, half))
+            self._dispatch(table.slice(half))
+            return
+        key = self._key_prefix + str(self._key_counter % self._key_slots).encode()
+        self._key_counter += 1
+        rows = table.num_rows
+        if not self._spool.empty or self._replay is not None:
+            self._to_spool([(key, payload, rows)])  # keep order behind what is spooled
+            return
+        self._produce(key, payload, rows)
+
+    def _produce(self, key: bytes, payload: bytes, rows: int) -> None:
+        try:
+            self._producer.produce(
+                self.topic, payload, key, headers=self._headers,
+                on_delivery=lambda err, msg, rows=rows: self._delivered(err, msg, rows),
+            )
+        except BufferError:
+            self._to_spool([(key, payload, rows)])
+        except KafkaException as exc:
+            log.warning("produce to %s failed (%s); spooling", self.topic, exc)
+            self._to_spool([(key, payload, rows)])
+
+    def _delivered(self, err: KafkaError | None, msg: Any, rows: int) -> None:
+        if err is None:
+            self._count("sent", rows)
+            return
+        if err.fatal():
+            self._recreate_producer()
+        self._to_spool([(msg.key() or b"", msg.value(), rows)])
+
+    def _to_spool(self, records: list[tuple[bytes, bytes, int]]) -> None:
+        rows = self._spool.append(records)
+        self._count("spooled", rows)
+
+    # ------------------------------------------------------------------ replay
+
+    def _replay_step(self) -> None:
+        """Send the next spooled chunk; advance the cursor only past delivered records."""
+        chunk = self._replay
+        if chunk is not None:
+            self._producer.poll(0)
+            if not chunk.finished():
+                return
+            self._finish_chunk(chunk)
+        if self._spool.empty or time.monotonic() < self._retry_at:
+            return
+        records = self._spool.read(REPLAY_CHUNK)
+        if not records:
+            return
+        chunk = _ReplayChunk(records, [None] * len(records))
+        self._replay = chunk
+        for index, rec in enumerate(records):
+            try:
+                self._producer.produce(
+                    self.topic, rec.value, rec.key, headers=self._headers,
+                    on_delivery=lambda err, _msg, i=index, c=chunk: c.outcome.__setitem__(
+                        i, err is None
+                    ),
+                )
+            except (BufferError, KafkaException):
+                for rest in range(index, len(records)):
+                    chunk.outcome[rest] = False
+                break
+
+    def _finish_chunk(self, chunk: _ReplayChunk) -> None:
+        self._replay = None
+        delivered = 0
+        for ok in chunk.outcome:
+            if not ok:
+                break
+            delivered += 1
+        if delivered:
+            done = chunk.records[:delivered]
+            rows = sum(r.rows for r in done)
+            self._spool.commit(done[-1], rows, delivered)
+            self._count("replayed", rows)
+            self._count("sent", rows)
+        if delivered < len(chunk.records):
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+        else:
+            self._backoff = 0.5
+
+    def _serve_flushes(self) -> None:
+        deadline = min(r.deadline for r in self._flushes)
+        self._drain(force=True)
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        while not self._spool.empty or self._replay is not None:
+            if time.monotonic() >= deadline:
+                break
+            if self._replay is not None:
+                self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+                if not self._replay.finished():
+                    continue
+            if self._retry_at > time.monotonic() and self._replay is None:
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._replay_step()
+        while self._flushes:
+            self._flushes.popleft().done.set()
+
+    def _shutdown(self) -> None:
+        """Last words: anything Kafka still holds is purged and spooled (callbacks do it)."""
+        self._drain(force=True)
+        self._producer.flush(1.0)
+        self._producer.purge(in_queue=True, in_flight=True)
+        self._producer.poll(0)
+        self._producer.flush(0)
+        chunk = self._replay
+        if chunk is not None:  # unfinished replay: those records are still in the spool
+            for i, outcome in enumerate(chunk.outcome):
+                if outcome is None:
+                    chunk.outcome[i] = False
+            self._finish_chunk(chunk)
+        while self._flushes:
+            self._flushes.popleft().done.set()
+
+    def _spill(self) -> None:
+        """Caller side, queue full: journal the queue now rather than drop or block."""
+        with self._spill_lock:
+            if len(self._queue) < self._max_queue:
+                return
+            taken: list[Any] = []
+            while self._queue and len(taken) < self._max_queue:
+                taken.append(self._queue.popleft())
+            records: list[tuple[bytes, bytes, int]] = []
+            events = [e for e in taken if isinstance(e, Mapping)]
+            tables = [self._conform(t) for t in taken if not isinstance(t, Mapping)]
+            batch = self._to_batch(events) if events else None
+            for table in [*(t for t in [batch] if t is not None), *tables]:
+                for offset in range(0, table.num_rows, self._max_rows):
+                    part = table.slice(offset, self._max_rows)
+                    records.append((self._key_prefix + b"spill", encode_arrow(part),
+                                    part.num_rows))
+            self._to_spool(records)
+            log.warning("producer queue for %s full: %d events spilled to the spool",
+                        self.topic, sum(r[2] for r in records))
+
+    def _recreate_producer(self) -> None:
+        log.warning("producer for %s hit a fatal error; starting a new one", self.topic)
+        self._producer = Producer(self._config)
+
+    def _count(self, name: str, rows: int) -> None:
+        self._stats[name] += rows
+        if self._metrics:
+            counter = {
+                "sent": metrics.EVENTS_SENT,
+                "spooled": metrics.EVENTS_SPOOLED,
+                "replayed": metrics.EVENTS_REPLAYED,
+                "failed": metrics.EVENTS_FAILED,
+            }[name]
+            counter.labels(*self._labels).inc(rows)
+
+
+def _rows(item: Any) -> int:
+    return 1 if isinstance(item, Mapping) else int(item.num_rows)
+
+
+_shared: dict[str, BatchingProducer] = {}
+_shared_lock = threading.Lock()
+
+
+def producer_for(settings: Settings, kind: Literal["requests", "gpu"]) -> BatchingProducer:
+    """The process-wide producer for a topic kind (one per topic, created on first use)."""
+    topic = settings.topics.requests if kind == "requests" else settings.topics.gpu
+    with _shared_lock:
+        producer = _shared.get(topic)
+        if producer is None or producer._closed:
+            if kind == "requests":
+                producer = BatchingProducer(settings, topic, REQUEST_EVENT, "request_event")
+            else:
+                producer = BatchingProducer(settings, topic, GPU_SAMPLE, "gpu_sample")
+            _shared[topic] = producer
+        return producer
