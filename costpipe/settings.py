@@ -155,6 +155,10 @@ class ServerSettings(_Section):
 
 class Settings(_Section):
     state_dir: Path = Path(".costpipe")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "costpipe",
+        description="Downloads that outlive a checkout (the Maven-resolved Kafka jars)",
+    )
     target_internal_share: float = Field(
         default=0.5, ge=0, le=1, description="Goal: share of workload served by own models"
     )
