@@ -1,0 +1,88 @@
+"""Shared pytest fixtures: one real Kafka per test session, and per-test settings.
+
+Kafka is never mocked. `kafka_bootstrap` uses `KAFKA_BOOTSTRAP_SERVERS` when it is set;
+otherwise it starts the project's own broker (`costpipe.broker`) on test-only ports and a
+test-only state folder, so it never collides with a `make run` broker on the default ports.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from costpipe import broker
+from costpipe.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_PORT = 29092
+TEST_CONTROLLER_PORT = 29093
+TEST_STATE_DIR = REPO_ROOT / ".costpipe" / "test-kafka"
+KEEP_ENV = "COSTPIPE_TEST_KEEP_BROKER"
+
+
+def session_broker_settings() -> Settings:
+    """Settings of the session's own test broker (test ports, test state folder)."""
+    return Settings.model_validate(
+        {
+            "state_dir": TEST_STATE_DIR,
+            "kafka": {"local_port": TEST_PORT, "local_controller_port": TEST_CONTROLLER_PORT},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers ("host:port") of a real Kafka for this test session.
+
+    `KAFKA_BOOTSTRAP_SERVERS` set: that cluster is used as is (nothing started or stopped).
+    Otherwise the project's broker runs on 127.0.0.1:29092 with state in
+    `.costpipe/test-kafka/`; one already running there is reused, and it is stopped at session
+    end only if this session started it (set COSTPIPE_TEST_KEEP_BROKER=1 to keep it running).
+    """
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    settings = session_broker_settings()
+    already = broker.status(settings).running
+    try:
+        bootstrap = broker.ensure_running(settings)
+    except broker.BrokerError as exc:
+        pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
+    yield bootstrap
+    if not already and not os.environ.get(KEEP_ENV):
+        broker.stop(settings)
+
+
+@pytest.fixture
+def settings_for_tests(tmp_path: Path, kafka_bootstrap: str) -> Settings:
+    """A `Settings` for one test: the session's Kafka, private topics, lake under tmp_path.
+
+    - `kafka.bootstrap_servers` = the `kafka_bootstrap` fixture's cluster;
+    - every topic name gets a unique suffix (`costpipe.requests.t1a2b3c4.v1`, ...), so tests
+      and parallel runs never read each other's messages; partitions = 2;
+    - `lake.location` = tmp_path/"lake", `state_dir` = tmp_path/"state".
+
+    Topics are not created up front (the broker auto-creates them with its default partition
+    count); call `costpipe.broker.ensure_topics(settings)` when the partition count matters.
+    Use a unique consumer `group.id` per test too (e.g. f"g-{uuid.uuid4().hex}").
+    """
+    suffix = f"t{uuid.uuid4().hex[:8]}"
+    defaults = Settings().topics.model_dump()
+    defaults.pop("partitions")
+    topics = {
+        key: f"{name.rsplit('.', 1)[0]}.{suffix}.{name.rsplit('.', 1)[1]}"
+        for key, name in defaults.items()
+    }
+    return Settings.model_validate(
+        {
+            "state_dir": tmp_path / "state",
+            "kafka": {"bootstrap_servers": kafka_bootstrap},
+            "topics": {**topics, "partitions": 2},
+            "lake": {"location": str(tmp_path / "lake")},
+        }
+    )
