@@ -100,6 +100,7 @@ class BatchingProducer:
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "queue.buffering.max.messages": 100_000,
                 "reconnect.backoff.max.ms": 1000,
+                "logger": logging.getLogger("costpipe.kafka.producer"),
             },
         )
         self._producer = Producer(self._config)
