@@ -1,0 +1,69 @@
+"""Broker problems end in one line that says what to install or change, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env |= {
+        "COSTPIPE_STATE_DIR": str(tmp_path / "state"),
+        "COSTPIPE_CACHE_DIR": str(tmp_path / "cache"),
+        "COSTPIPE_KAFKA__LOCAL_PORT": "29096",
+        "COSTPIPE_KAFKA__LOCAL_CONTROLLER_PORT": "29097",
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "costpipe.cli", "kafka", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_missing_java_is_one_clear_line(tmp_path: Path) -> None:
+    result = _run(tmp_path, "up", PATH=str(tmp_path / "empty-bin"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "`java` is not on PATH" in lines[0] and "install a Java 17+" in lines[0]
+
+
+def test_missing_maven_is_one_clear_line(tmp_path: Path) -> None:
+    java = subprocess.run(["which", "java"], capture_output=True, text=True).stdout.strip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if java:
+        (bin_dir / "java").symlink_to(java)
+    result = _run(tmp_path, "up", PATH=str(bin_dir))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not on PATH" in lines[0]
+    if java:
+        assert "`mvn`" in lines[0] and "Maven" in lines[0]
+
+
+def test_port_taken_by_something_else(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 29096))
+        squatter.listen()
+        result = _run(tmp_path, "up")
+    assert result.returncode == 1
+    assert "port 29096 is in use" in result.stderr and "kafka.local_port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_names_the_key(tmp_path: Path) -> None:
+    result = _run(tmp_path, "status", COSTPIPE_KAFKA__LOCAL_PORT="eighty")
+    assert result.returncode == 2
+    assert "kafka.local_port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_of_stopped_local_broker(tmp_path: Path) -> None:
+    result = _run(tmp_path, "status")
+    assert result.returncode == 1
+    assert "127.0.0.1:29096: stopped" in result.stdout
