@@ -1,0 +1,211 @@
+"""Envelope codec properties: both encodings round-trip every schema; bad input names the field.
+
+Strategies are derived from the Arrow schemas themselves, so a field added to
+`schemas/records.py` is covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import ALL_SCHEMAS, ARROW, JSON, decode, encode_arrow, encode_json, headers_for
+from schemas.codec import ENCODING_HEADER, MAX_EVENT_AGE, TOKEN_FIELDS
+from schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+SCHEMA_NAMES = sorted(ALL_SCHEMAS)
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+PROFILE = settings(max_examples=30, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])
+
+
+def _value(field: pa.Field) -> st.SearchStrategy[Any]:
+    type_, name = field.type, field.name
+    if name == "provider_kind":
+        return st.sampled_from(PROVIDER_KINDS)
+    if name == "status":
+        return st.sampled_from(STATUSES)
+    if name in TOKEN_FIELDS:
+        return st.integers(0, MAX_TOKENS)
+    if name in ("latency_ms", "ttft_ms"):
+        return st.floats(0, 1e7, allow_nan=False)
+    if pa.types.is_string(type_):
+        return TEXT.filter(bool) if not field.nullable else TEXT
+    if pa.types.is_int32(type_):
+        return st.integers(-(2**31), 2**31 - 1)
+    if pa.types.is_integer(type_):
+        return st.integers(-(2**63), 2**63 - 1)
+    if pa.types.is_floating(type_):
+        return st.floats(allow_nan=False, allow_infinity=False)
+    if pa.types.is_decimal(type_):
+        return st.decimals(-(10**12), 10**12, places=12, allow_nan=False, allow_infinity=False)
+    if pa.types.is_timestamp(type_):
+        return st.datetimes(
+            min_value=(NOW - MAX_EVENT_AGE + dt.timedelta(days=1)).replace(tzinfo=None),
+            max_value=NOW.replace(tzinfo=None),
+            timezones=st.just(dt.UTC),
+        )
+    if pa.types.is_binary(type_):
+        return st.binary(max_size=64)
+    raise AssertionError(f"no strategy for {type_}")
+
+
+def rows(schema: pa.Schema) -> st.SearchStrategy[dict[str, Any]]:
+    """One valid event of `schema`: nullable fields may be None."""
+    parts = {
+        field.name: (st.none() | _value(field)) if field.nullable else _value(field)
+        for field in schema
+    }
+    return st.fixed_dictionaries(parts)
+
+
+def _same(decoded: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    assert len(decoded) == len(expected)
+    for got, want in zip(decoded, expected, strict=True):
+        for name, value in want.items():
+            assert got[name] == value, name
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_arrow_round_trip(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    events = data.draw(st.lists(rows(schema), min_size=1, max_size=20))
+    batch = pa.RecordBatch.from_pylist(events, schema=schema)
+    result = decode(encode_arrow(batch), headers_for(ARROW, name), schema, now=NOW)
+    assert result.ok, result.rejections
+    assert result.encoding == ARROW
+    assert result.batch.schema.equals(schema)
+    _same(result.batch.to_pylist(), events)
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_json_round_trip(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    event = data.draw(rows(schema))
+    result = decode(encode_json(event), headers_for(JSON, name), schema, now=NOW)
+    assert result.ok, result.rejections
+    assert result.encoding == JSON
+    _same(result.batch.to_pylist(), [event])
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_json_missing_required_field_is_named(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    event = data.draw(rows(schema))
+    defaults = {"cache_read_tokens", "cache_write_tokens", "status"}  # JSON fills these in
+    required = [f.name for f in schema if not f.nullable and f.name not in defaults]
+    missing = data.draw(st.sampled_from(required))
+    del event[missing]
+    result = decode(encode_json(event), headers_for(JSON, name), schema, now=NOW)
+    assert result.batch.num_rows == 0
+    assert [r.field for r in result.rejections] == [missing]
+    assert "required" in str(result.rejections[0])
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_json_wrong_type_is_named(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    event = data.draw(rows(schema))
+    wrong = data.draw(st.sampled_from(schema.names))
+    event[wrong] = data.draw(st.sampled_from([True, [1], {"a": 1}]))
+    result = decode(encode_json(event), headers_for(JSON, name), schema, now=NOW)
+    assert result.batch.num_rows == 0
+    assert [r.field for r in result.rejections] == [wrong]
+    assert str(result.rejections[0]).startswith(f"field {wrong!r}: value ")
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_arrow_missing_required_column_is_named(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    events = data.draw(st.lists(rows(schema), min_size=1, max_size=5))
+    missing = data.draw(st.sampled_from([f.name for f in schema if not f.nullable]))
+    batch = pa.RecordBatch.from_pylist(events, schema=schema)
+    batch = batch.drop_columns([missing])
+    result = decode(encode_arrow(batch), headers_for(ARROW, name), schema, now=NOW)
+    assert result.batch.num_rows == 0
+    assert [r.field for r in result.rejections] == [missing]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@PROFILE
+@given(data=st.data())
+def test_arrow_wrong_column_type_is_named(name: str, data: st.DataObject) -> None:
+    schema = ALL_SCHEMAS[name]
+    events = data.draw(st.lists(rows(schema), min_size=1, max_size=5))
+    candidates = [f.name for f in schema if not pa.types.is_string(f.type)
+                  and not pa.types.is_binary(f.type)]
+    wrong = data.draw(st.sampled_from(candidates))
+    batch = pa.RecordBatch.from_pylist(events, schema=schema)
+    index = batch.schema.get_field_index(wrong)
+    batch = batch.set_column(index, wrong, pa.array(["not a value"] * batch.num_rows))
+    result = decode(encode_arrow(batch), headers_for(ARROW, name), schema, now=NOW)
+    assert result.batch.num_rows == 0
+    assert [r.field for r in result.rejections] == [wrong]
+    assert "expected" in result.rejections[0].reason
+
+
+def _request() -> dict[str, Any]:
+    return {
+        "request_id": "r-1", "timestamp": NOW, "operation": "chat_support",
+        "provider": "openai", "provider_kind": "external", "model": "gpt-4o-mini",
+        "input_tokens": 120, "output_tokens": 30, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "status": "ok",
+    }
+
+
+def test_arrow_null_in_required_field_rejects_only_that_row() -> None:
+    schema = ALL_SCHEMAS["request_event"]
+    good = _request()
+    bad = dict(good, input_tokens=None)
+    index = schema.get_field_index("input_tokens")
+    relaxed = schema.set(index, schema.field(index).with_nullable(True))
+    batch = pa.RecordBatch.from_pylist([good, bad, good], schema=relaxed)
+    result = decode(encode_arrow(batch), headers_for(ARROW, "request_event"), schema, now=NOW)
+    assert result.batch.num_rows == 2
+    (rejection,) = result.rejections
+    assert (rejection.field, rejection.row, rejection.value) == ("input_tokens", 1, None)
+
+
+def test_bad_value_names_field_value_and_rule() -> None:
+    schema = ALL_SCHEMAS["request_event"]
+    event = dict(_request(), provider_kind="partner", output_tokens=-3)
+    result = decode(encode_json(event), headers_for(JSON, "request_event"), schema, now=NOW)
+    texts = sorted(str(r) for r in result.rejections)
+    assert result.batch.num_rows == 0
+    assert texts == [
+        "field 'output_tokens': value -3 must be between 0 and 100000000",
+        "field 'provider_kind': value 'partner' must be one of internal, external",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "expected"),
+    [
+        (None, None, "empty message"),
+        (b"", headers_for(JSON, "request_event"), "empty message"),
+        (b"{not json", headers_for(JSON, "request_event"), "is not valid JSON"),
+        (b"[1, 2]", headers_for(JSON, "request_event"), "must be an object"),
+        (b"\x00garbage", headers_for(ARROW, "request_event"), "undecodable arrow message"),
+        (b"{}", [(ENCODING_HEADER, b"avro")], "must be 'arrow' or 'json'"),
+    ],
+)
+def test_garbage_never_raises(value: bytes | None, headers: Any, expected: str) -> None:
+    result = decode(value, headers, ALL_SCHEMAS["request_event"], now=NOW)
+    assert result.batch.num_rows == 0
+    assert expected in str(result.rejections[0])
