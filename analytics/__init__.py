@@ -1,1 +1,163 @@
-"""analytics package."""
+"""DuckDB over the Parquet lake: views, macros and helpers that return polars DataFrames.
+
+Why an in-memory DuckDB: the lake is the source of truth; every connection builds views from
+the SQL files in `analytics/sql/` (applied in name order), so Trino/Spark users can read the
+same files and the SQL is reviewed as SQL, not as Python strings.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from costpipe.settings import Settings, get_settings
+from lake.layout import TABLES, Lake, open_lake
+
+__all__ = [
+    "ReadOnlyError",
+    "avoided_spend",
+    "check_read_only",
+    "connect",
+    "cost_per_operation",
+    "dependency_share",
+    "summary",
+]
+
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA", "SET", "VARIABLE_SET"}
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.binary(): "BLOB",
+}
+
+
+class ReadOnlyError(ValueError):
+    """A statement that would change something, in read-only mode."""
+
+
+def _duck_type(type_: pa.DataType) -> str:
+    if pa.types.is_decimal(type_):
+        return f"DECIMAL({type_.precision}, {type_.scale})"
+    if pa.types.is_timestamp(type_):
+        return "TIMESTAMPTZ" if type_.tz else "TIMESTAMP"
+    return _DUCK_TYPES[type_]
+
+
+def _source(lake: Lake, table_name: str) -> str:
+    if lake.has_files(table_name):
+        glob = lake.glob(table_name).replace("'", "''")
+        return (
+            f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'date': DATE, 'hour': INTEGER})"
+        )
+    schema = TABLES[table_name].schema
+    columns = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
+    columns += ['CAST(NULL AS DATE) AS "date"', 'CAST(NULL AS INTEGER) AS "hour"']
+    return f"(SELECT {', '.join(columns)} WHERE false)"
+
+
+def sql_files() -> list[tuple[str, str]]:
+    folder = resources.files("analytics") / "sql"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
+
+
+def connect(
+    settings: Settings | None = None, read_only: bool = True, location: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with the lake views and macros.
+
+    `read_only` is enforced by `check_read_only` in the `sql` command and `query`; the views
+    themselves never write. Pass `location` to point at another lake than settings.lake.
+    """
+    settings = settings or get_settings()
+    lake = open_lake(location or settings.lake.location)
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    replacements = {f"{{{{source:{name}}}}}": _source(lake, name) for name in TABLES}
+    replacements["{{target_internal_share}}"] = repr(float(settings.target_internal_share))
+    for _name, text in sql_files():
+        for placeholder, value in replacements.items():
+            text = text.replace(placeholder, value)
+        con.execute(text)
+    return con
+
+
+def check_read_only(sql: str) -> None:
+    """Raise ReadOnlyError naming the first statement that is not a query."""
+    for statement in duckdb.extract_statements(sql):
+        kind = statement.type.name
+        if kind not in _READ_ONLY_TYPES:
+            first_words = " ".join(statement.query.split()[:3])
+            raise ReadOnlyError(
+                f"refusing {kind} statement '{first_words} ...' in read-only mode "
+                "(add --write to allow changes)"
+            )
+
+
+def query(sql: str, con: duckdb.DuckDBPyConnection | None = None, write: bool = False
+          ) -> pl.DataFrame:
+    if not write:
+        check_read_only(sql)
+    con = con or connect()
+    return con.sql(sql).pl()
+
+
+def _view(name: str, con: duckdb.DuckDBPyConnection | None, order: str) -> pl.DataFrame:
+    con = con or connect()
+    return con.sql(f"SELECT * FROM {name} ORDER BY {order}").pl()
+
+
+def dependency_share(con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
+    return _view("dependency_share", con, "day, operation, team")
+
+
+def cost_per_operation(con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
+    return _view("cost_per_operation", con, "operation, provider_kind, provider, model")
+
+
+def avoided_spend(con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
+    return _view("avoided_spend", con, "day, operation")
+
+
+def breakeven(con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
+    return _view("breakeven", con, "operation")
+
+
+def summary(con: duckdb.DuckDBPyConnection | None = None) -> dict[str, Any]:
+    """Headline numbers for the main job's printout; money as Decimal, shares as floats."""
+    con = con or connect()
+    row = con.execute(
+        """
+        SELECT
+            count(*) FILTER (WHERE record_type = 'request') AS requests,
+            coalesce(sum(cost), 0) AS total_cost,
+            coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS external_cost,
+            coalesce(sum(cost) FILTER (WHERE provider_kind = 'internal'
+                                       AND record_type <> 'idle'), 0) AS own_direct_cost,
+            coalesce(sum(cost) FILTER (WHERE record_type = 'idle'), 0) AS idle_cost,
+            count(*) FILTER (WHERE record_type = 'request' AND provider_kind = 'external')
+                / nullif(count(*) FILTER (WHERE record_type = 'request'), 0)
+                AS external_share_requests,
+            min("date") AS first_day, max("date") AS last_day
+        FROM costs
+        """
+    ).fetchall()[0]
+    assert row is not None
+    keys = ["requests", "total_cost", "external_cost", "own_direct_cost", "idle_cost",
+            "external_share_requests", "first_day", "last_day"]
+    out = dict(zip(keys, row, strict=True))
+    avoided = con.execute("SELECT coalesce(sum(avoided_spend), 0) FROM avoided_spend").fetchall()[0]
+    out["avoided_spend"] = avoided[0] if avoided else Decimal(0)
+    share = out["external_share_requests"]
+    out["internal_share_requests"] = None if share is None else 1 - share
+    target = con.execute("SELECT any_value(target_internal_share) FROM dependency_share")
+    out["target_internal_share"] = target.fetchall()[0][0]
+    return out

@@ -9,6 +9,7 @@ import typer
 # One line per command module; the order is the order in `costpipe --help`.
 COMMAND_MODULES = [
     "costpipe.commands.kafka",
+    "costpipe.commands.analytics",
     "costpipe.commands.proxy",
     "costpipe.commands.otlp",
     "costpipe.commands.gpu",

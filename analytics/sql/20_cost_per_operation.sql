@@ -1,0 +1,79 @@
+-- Idle GPU cost of a day is allocated to that day's own-model (operation, provider, model)
+-- pro rata to their direct (busy-time) cost. A day with idle cost but no own-model traffic
+-- keeps it on an '(unallocated idle)' line so totals still reconcile. The allocated amounts are
+-- rounded to the pico-dollar; sum(idle_allocated) can differ from sum(idle_cost) by < 1e-9 $
+-- per line.
+CREATE OR REPLACE VIEW idle_allocation AS
+WITH own AS (
+    SELECT "date" AS day, operation, provider, model, sum(cost) AS direct_cost
+    FROM costs
+    WHERE provider_kind = 'internal' AND record_type <> 'idle'
+    GROUP BY ALL
+),
+idle AS (
+    SELECT "date" AS day, sum(cost) AS idle_cost FROM costs WHERE record_type = 'idle' GROUP BY ALL
+),
+day_total AS (SELECT day, sum(direct_cost) AS day_cost FROM own GROUP BY day)
+SELECT
+    own.day, own.operation, own.provider, own.model,
+    CAST(coalesce(
+        CAST(idle.idle_cost AS DOUBLE) * CAST(own.direct_cost AS DOUBLE)
+            / nullif(CAST(day_total.day_cost AS DOUBLE), 0),
+        0) AS DECIMAL(38, 12)) AS idle_allocated
+FROM own
+JOIN day_total USING (day)
+LEFT JOIN idle USING (day)
+UNION ALL
+SELECT idle.day, '(unallocated idle)', '(own GPUs)', '', idle.idle_cost
+FROM idle
+LEFT JOIN day_total USING (day)
+WHERE coalesce(day_total.day_cost, 0) = 0;
+
+-- Per operation x provider_kind x provider x model: cost per request and per 1k tokens,
+-- latency percentiles. Own models are fully loaded: direct GPU cost + allocated idle cost.
+CREATE OR REPLACE VIEW cost_per_operation AS
+WITH base AS (
+    SELECT
+        operation, provider_kind, provider, model,
+        count(*) FILTER (WHERE record_type = 'request') AS requests,
+        sum(input_tokens + output_tokens) AS tokens,
+        sum(cost) AS direct_cost,
+        coalesce(sum(shadow_cost), 0) AS shadow_cost,
+        quantile_cont(latency_ms, 0.5) AS latency_p50_ms,
+        quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
+        quantile_cont(latency_ms, 0.99) AS latency_p99_ms
+    FROM costs
+    WHERE record_type <> 'idle'
+    GROUP BY ALL
+),
+idle AS (
+    SELECT operation, provider, model, sum(idle_allocated) AS idle_allocated
+    FROM idle_allocation GROUP BY ALL
+),
+joined AS (
+    SELECT
+        coalesce(b.operation, i.operation) AS operation,
+        coalesce(b.provider_kind, 'internal') AS provider_kind,
+        coalesce(b.provider, i.provider) AS provider,
+        coalesce(b.model, i.model) AS model,
+        coalesce(b.requests, 0) AS requests,
+        coalesce(b.tokens, 0) AS tokens,
+        coalesce(b.direct_cost, 0) AS direct_cost,
+        coalesce(i.idle_allocated, 0) AS idle_allocated,
+        coalesce(b.shadow_cost, 0) AS shadow_cost,
+        b.latency_p50_ms, b.latency_p95_ms, b.latency_p99_ms
+    FROM base b
+    FULL OUTER JOIN idle i
+        ON b.provider_kind = 'internal' AND b.operation = i.operation
+        AND b.provider = i.provider AND b.model = i.model
+)
+SELECT
+    operation, provider_kind, provider, model, requests, tokens,
+    direct_cost, idle_allocated,
+    direct_cost + idle_allocated AS loaded_cost,
+    CAST(direct_cost + idle_allocated AS DOUBLE) / nullif(requests, 0) AS cost_per_request,
+    CAST(direct_cost + idle_allocated AS DOUBLE) * 1000 / nullif(tokens, 0) AS cost_per_1k_tokens,
+    shadow_cost,
+    CAST(shadow_cost AS DOUBLE) / nullif(requests, 0) AS shadow_cost_per_request,
+    latency_p50_ms, latency_p95_ms, latency_p99_ms
+FROM joined;

@@ -1,0 +1,197 @@
+"""Nightly export: compact one day of the lake into a few large sorted files plus a manifest.
+
+Why deterministic: finance tooling diffs exports and re-runs them; the rows are read from the
+day's partition files in sorted path order and totally ordered (table sort keys, then every
+other column), Parquet is written with fixed options, and the manifest holds no wall-clock
+time, so exporting the same day twice gives byte-identical files and manifests.
+
+`focus` writes FinOps FOCUS 1.x columns, one row per (hour, provider, model, operation,
+record type). Cost is not split by token type: the ledger prices a request as a whole (cache
+and contract discounts interact), so a per-token-type split would make BilledCost inexact.
+Token counts per type are kept as x_ columns and ConsumedQuantity is input + output tokens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lake.layout import EXPORT_DIR, TABLES, TMP_PREFIX, Lake, partition_dir
+from lake.writer import COMPRESSION, ROW_GROUP_SIZE, conform
+
+ROWS_PER_FILE = 5_000_000
+Format = Literal["parquet", "focus"]
+MONEY_SUMS = {"costs": ("cost", "list_cost", "shadow_cost"), "windows": ("cost", "shadow_cost"),
+              "focus": ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost")}
+
+FOCUS_SQL = """
+SELECT
+    CAST(cost AS DECIMAL(38, 12)) AS BilledCost,
+    CAST(cost AS DECIMAL(38, 12)) AS EffectiveCost,
+    CAST(list_cost AS DECIMAL(38, 12)) AS ListCost,
+    CAST(cost AS DECIMAL(38, 12)) AS ContractedCost,
+    'USD' AS BillingCurrency,
+    CAST(date_trunc('month', hour_start) AS TIMESTAMPTZ) AS BillingPeriodStart,
+    CAST(date_trunc('month', hour_start) + INTERVAL 1 MONTH AS TIMESTAMPTZ) AS BillingPeriodEnd,
+    hour_start AS ChargePeriodStart,
+    hour_start + INTERVAL 1 HOUR AS ChargePeriodEnd,
+    'Usage' AS ChargeCategory,
+    CASE WHEN record_type = 'idle' THEN 'Idle reserved GPU time for own models'
+         ELSE operation || ' on ' || model END AS ChargeDescription,
+    'AI and Machine Learning' AS ServiceCategory,
+    CASE WHEN provider_kind = 'internal' THEN 'Self-hosted model inference'
+         ELSE provider || ' API' END AS ServiceName,
+    CASE WHEN provider_kind = 'internal' THEN 'Self-hosted' ELSE provider END AS ProviderName,
+    provider AS PublisherName,
+    CASE WHEN provider_kind = 'internal' THEN 'Internal' ELSE provider END AS InvoiceIssuerName,
+    CAST(tokens AS DECIMAL(38, 0)) AS ConsumedQuantity,  -- FOCUS: decimal quantity
+    'Tokens' AS ConsumedUnit,
+    provider AS x_Provider,
+    provider_kind AS x_ProviderKind,
+    model AS x_Model,
+    operation AS x_Operation,
+    'input+output' AS x_TokenType,
+    record_type AS x_RecordType,
+    requests AS x_Requests,
+    input_tokens AS x_InputTokens,
+    output_tokens AS x_OutputTokens,
+    cache_read_tokens AS x_CacheReadTokens,
+    cache_write_tokens AS x_CacheWriteTokens,
+    CAST(shadow_cost AS DECIMAL(38, 12)) AS x_ShadowCost
+FROM (
+    SELECT
+        time_bucket(INTERVAL 1 HOUR, "timestamp") AS hour_start,
+        provider, provider_kind, model, operation, record_type,
+        count(*) FILTER (WHERE record_type = 'request') AS requests,
+        sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+        sum(cache_read_tokens)::BIGINT AS cache_read_tokens,
+        sum(cache_write_tokens)::BIGINT AS cache_write_tokens,
+        sum(input_tokens + output_tokens)::BIGINT AS tokens,
+        sum(cost) AS cost, sum(coalesce(list_cost, cost)) AS list_cost,
+        coalesce(sum(shadow_cost), 0) AS shadow_cost
+    FROM day_rows
+    GROUP BY ALL
+)
+ORDER BY ChargePeriodStart, x_Provider, x_Model, x_Operation, x_RecordType
+"""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: str
+    manifest: dict[str, Any]
+
+
+def _day_files(lake: Lake, table_name: str, day: dt.date) -> list[str]:
+    base = lake.path(f"{table_name}/date={day.isoformat()}")
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    return sorted(
+        info.path for info in lake.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+    )
+
+
+def _read_day(lake: Lake, table_name: str, day: dt.date) -> pa.Table:
+    schema = TABLES[table_name].schema
+    files = _day_files(lake, table_name, day)
+    parts = [conform(pq.read_table(path, filesystem=lake.fs), schema) for path in files]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _sorted(data: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Total order: the table's sort keys, then every other column (ties stay deterministic)."""
+    order = [*keys, *(c for c in data.column_names if c not in keys)]
+    con = duckdb.connect()
+    con.register("t", data)
+    columns = ", ".join(f'"{c}"' for c in order)
+    result = con.sql(f"SELECT * FROM t ORDER BY {columns}").to_arrow_table()
+    return result.cast(data.schema)
+
+
+def _focus(data: pa.Table) -> pa.Table:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("day_rows", data)
+    return con.sql(FOCUS_SQL).to_arrow_table()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_files(data: pa.Table, out_dir: Path, stem: str) -> list[dict[str, Any]]:
+    files = []
+    chunks = max(1, -(-data.num_rows // ROWS_PER_FILE))
+    for index in range(chunks):
+        part = data.slice(index * ROWS_PER_FILE, ROWS_PER_FILE)
+        name = f"{stem}-{index:05d}.parquet"
+        tmp = out_dir / f"{TMP_PREFIX}{name}"
+        with open(tmp, "wb") as handle:
+            pq.write_table(part, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out_dir / name)
+        files.append({"name": name, "rows": part.num_rows, "bytes": (out_dir / name).stat().st_size,
+                      "sha256": _sha256(out_dir / name)})
+    return files
+
+
+def _money_sums(data: pa.Table, columns: tuple[str, ...]) -> dict[str, str]:
+    import pyarrow.compute as pc
+
+    sums = {}
+    for column in columns:
+        total = pc.sum(data[column]).as_py()
+        sums[column] = format(total if total is not None else 0, "f")
+    return sums
+
+
+def export_day(lake: Lake, day: dt.date, fmt: Format = "parquet", out: str | None = None
+               ) -> ExportResult:
+    """Export one UTC day; `out` defaults to <lake>/_exports/date=D/<format>/ (local only)."""
+    if not lake.is_local and out is None:
+        raise ValueError("export of a remote lake needs --out DIR (a local folder)")
+    out_dir = Path(out) if out else Path(lake.path(EXPORT_DIR, f"date={day.isoformat()}", fmt))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.parquet"):
+        stale.unlink()  # a re-export replaces, never mixes with, an earlier one
+    tables: dict[str, Any] = {}
+    names = ["costs"] if fmt == "focus" else list(TABLES)
+    for table_name in names:
+        data = _read_day(lake, table_name, day)
+        stem = table_name
+        if fmt == "focus":
+            data, stem = _focus(data), "focus"
+        else:
+            data = _sorted(data, TABLES[table_name].sort_keys)
+        entry: dict[str, Any] = {"rows": data.num_rows, "files": _write_files(data, out_dir, stem)}
+        if stem in MONEY_SUMS:
+            entry["sums"] = _money_sums(data, MONEY_SUMS[stem])
+        tables[stem] = entry
+    manifest = {
+        "costpipe_export": 1,
+        "date": day.isoformat(),
+        "format": fmt,
+        "source": {name: partition_dir(name, day.isoformat(), 0).rsplit("/", 1)[0]
+                   for name in names},
+        "tables": tables,
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    tmp = out_dir / f"{TMP_PREFIX}manifest.json"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out_dir / "manifest.json")
+    return ExportResult(str(out_dir), manifest)

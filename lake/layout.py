@@ -1,0 +1,109 @@
+"""The one home for lake table names, their schemas and paths.
+
+Why: the sink, the DuckDB views, the export and the report must agree on where a table lives and
+how a partition folder is spelled; keeping it here means one edit if the layout ever changes.
+Layout: `<location>/<table>/date=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first>-<last>.parquet`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
+
+STAGING_DIR: Final = "_staging"
+EXPORT_DIR: Final = "_exports"
+TMP_PREFIX: Final = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    schema: pa.Schema
+    time_column: str  # decides the date=/hour= partition of a row
+    sort_keys: tuple[str, ...]  # order inside compacted export files
+
+
+TABLES: Final[dict[str, Table]] = {
+    t.name: t
+    for t in (
+        Table("costs", COST_RECORD, "timestamp", ("timestamp", "operation", "provider", "model")),
+        Table("gpu_samples", GPU_SAMPLE, "timestamp", ("timestamp", "host", "gpu_uuid")),
+        Table("windows", WINDOW_AGGREGATE, "window_start",
+              ("window_start", "operation", "provider", "model")),
+        Table("alerts", ALERT, "timestamp", ("timestamp", "alert_id")),
+    )
+}
+
+_NAME = re.compile(
+    r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$"
+)
+
+
+def table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ValueError(f"unknown lake table {name!r}; expected one of {sorted(TABLES)}") from None
+
+
+def data_file_name(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
+    """Deterministic: a replay of the same offsets produces the same name (overwrite, no dup)."""
+    return f"{topic}-p{partition}-{first_offset:020d}-{last_offset:020d}.parquet"
+
+
+def parse_data_file_name(name: str) -> tuple[str, int, int, int] | None:
+    match = _NAME.match(name)
+    if not match:
+        return None
+    return match["topic"], int(match["partition"]), int(match["first"]), int(match["last"])
+
+
+def partition_dir(table_name: str, date: str, hour: int) -> str:
+    return f"{table_name}/date={date}/hour={hour:02d}"
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root on some pyarrow filesystem; `uri` is what DuckDB's read_parquet sees."""
+
+    fs: pafs.FileSystem
+    root: str  # path inside `fs`, no trailing slash
+    uri: str  # root as DuckDB addresses it (absolute local path or scheme://...)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def glob(self, table_name: str) -> str:
+        return f"{self.uri}/{table_name}/**/*.parquet"
+
+    def has_files(self, table_name: str) -> bool:
+        """Whether any committed data file exists (staging names never end in .parquet)."""
+        selector = pafs.FileSelector(self.path(table_name), recursive=True, allow_not_found=True)
+        return any(
+            info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
+            for info in self.fs.get_file_info(selector)
+        )
+
+
+def open_lake(location: str) -> Lake:
+    """A local folder or any pyarrow filesystem URL (file://, s3://, gs://, hdfs://...)."""
+    if "://" in location:
+        fs, root = pafs.FileSystem.from_uri(location)
+        root = root.rstrip("/")
+        uri = location.rstrip("/")
+        if isinstance(fs, pafs.LocalFileSystem):
+            uri = root
+        return Lake(fs, root, uri)
+    root_path = Path(location).expanduser().resolve()
+    return Lake(pafs.LocalFileSystem(), root_path.as_posix(), root_path.as_posix())

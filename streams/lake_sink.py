@@ -1,0 +1,91 @@
+"""Faust agents that sink cost records, GPU samples, windows and alerts into the Parquet lake.
+
+Commit discipline (why manual acks): each agent reads with `stream.noack()`, so Faust never
+marks a message done on its own; `LakeSink` hands an event back only after the file holding its
+rows is fsynced and renamed, and only then does the agent `await stream.ack(event)`. Faust
+commits the highest *contiguous* acknowledged offset per partition, so a crash before a flush
+re-delivers everything not yet durable. Agents keep concurrency=1 (faust-streaming #606).
+A background timer flushes buffers that reached `lake.flush_seconds` while their topic is
+quiet. Revoked partitions drop their buffers (the new owner re-reads them) and the sink
+re-discovers its durable high-water mark from the lake's file names on the next assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+
+from costpipe.settings import get_settings
+from lake.layout import open_lake
+from lake.sink import Flushed, LakeSink
+from schemas.codec import decode
+from schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
+from streams.app import app
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+sink = LakeSink(
+    open_lake(settings.lake.location), settings.lake.flush_rows, settings.lake.flush_seconds
+)
+_streams: dict[str, Any] = {}  # table -> the agent's stream, for acks from the timer
+
+SINKS: dict[str, tuple[str, pa.Schema]] = {
+    "costs": (settings.topics.costs, COST_RECORD),
+    "gpu_samples": (settings.topics.gpu, GPU_SAMPLE),
+    "windows": (settings.topics.windows, WINDOW_AGGREGATE),
+    "alerts": (settings.topics.alerts, ALERT),
+}
+
+
+async def _ack(table_name: str, tokens: list[Any]) -> None:
+    stream = _streams[table_name]
+    for event in tokens:
+        if event is not None:
+            await stream.ack(event)
+
+
+async def _acknowledge(flushed: list[Flushed]) -> None:
+    for item in flushed:
+        log.debug("lake: %s offsets %d..%d, %d rows -> %d file(s)", item.key,
+                  item.first_offset, item.last_offset, item.rows, len(item.files))
+        await _ack(item.key[0], item.tokens)
+
+
+def _make_agent(table_name: str, topic_name: str, schema: pa.Schema) -> Any:
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, value_serializer="raw",
+                      key_serializer="raw")
+
+    async def lake_sink(stream: Any) -> None:
+        noack = stream.noack()
+        _streams[table_name] = noack
+        async for event in noack.events():
+            message = event.message
+            decoded = decode(event.value, message.headers, schema)
+            if decoded.rejections:  # our own agents produce these topics: a bug upstream
+                log.warning("lake: %s p%d@%d: %d rejection(s), first: %s", message.topic,
+                            message.partition, message.offset, len(decoded.rejections),
+                            decoded.rejections[0])
+            ready = sink.add((table_name, message.topic, message.partition), message.offset,
+                             decoded.batch, token=event)
+            await _ack(table_name, ready)
+            await _acknowledge(sink.flush_due())
+
+    lake_sink.__name__ = f"lake_sink_{table_name}"
+    return app.agent(topic, name=f"costpipe.lake_sink.{table_name}", concurrency=1)(lake_sink)
+
+
+AGENTS = {name: _make_agent(name, topic, schema) for name, (topic, schema) in SINKS.items()}
+
+
+@app.timer(interval=max(0.5, settings.lake.flush_seconds / 2))
+async def flush_quiet_buffers() -> None:
+    """Flush buffers that aged past flush_seconds while no new message arrived."""
+    await _acknowledge(sink.flush_due())
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
+    for tp in revoked:
+        sink.forget(tp.topic, tp.partition)
