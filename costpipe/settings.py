@@ -60,10 +60,14 @@ class TopicSettings(_Section):
     windows: str = "costpipe.windows.v1"
     alerts: str = "costpipe.alerts.v1"
     deadletter: str = "costpipe.deadletter.v1"
+    gpuwork: str = Field(
+        default="costpipe.gpuwork.v1",
+        description="Internal: GPU samples + own-model requests in one ordered stream",
+    )
     partitions: int = Field(default=4, ge=1, le=1024)
 
     @field_validator(
-        "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter"
+        "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork"
     )
     @classmethod
     def _versioned(cls, value: str) -> str:
@@ -122,6 +126,10 @@ class GpuSettings(_Section):
 
 class WindowSettings(_Section):
     seconds: int = Field(default=60, ge=1, le=86_400)
+    allowed_lateness_seconds: int = Field(
+        default=45, ge=0, le=86_400,
+        description="Wait after window end; keep >= gpu bucket + gpu lateness (own-model costs)",
+    )
 
 
 class AlertSettings(_Section):

@@ -154,6 +154,8 @@ WINDOW_AGGREGATE: Final = _schema(
         _field("external_share_cost", pa.float64(),
                doc="Live dependency share of the whole window (all keys), by cost"),
         _field("external_share_requests", pa.float64()),
+        _field("revision", pa.int32(),
+               doc="0 = on-time close; 1.. = late delta rows (sum all rows of a window)"),
     ],
 )
 

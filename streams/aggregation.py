@@ -1,0 +1,197 @@
+"""Two-stage tumbling-window aggregation with exact totals under replay.
+
+Stage 1 (`partials`): one pyarrow group_by per cost-record batch, per
+(window, operation, provider_kind, provider, model): requests, errors, tokens, cost and shadow
+cost in integer pico-dollars, and the latency sketch as (bucket, count) lists.
+
+Stage 2 (`WindowMerger`): merges partials into entries keyed by (window, key) in a mapping (a
+Faust table in the worker). Idempotence: every partial message names its source (the topic and
+partition of the message that produced it) and that message's offset; each entry remembers the
+highest offset applied per source and skips anything at or below it, so at-least-once
+redelivery never double counts. The partials topic has ONE partition: the merge input is tiny
+(rows per key per batch), one ordered consumer sees every key of a window, so the live
+dependency share is exact and one watermark governs closing.
+
+Closing: when the watermark (max event time the producers have seen) passes
+window_end + windows.allowed_lateness_seconds, all keys of the window are emitted with
+`revision` 0. A partial arriving for an already closed window is the correction path: it is
+emitted at once as a further row for that window and key with the next `revision`, holding only
+the late delta (so summing rows stays exact). Re-emission after a crash repeats the same
+(window, key, revision) with the same content: consumers de-duplicate on that triple.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from costpipe.settings import Settings
+from schemas.records import TIMESTAMP, WINDOW_AGGREGATE
+from streams import sketch
+from streams.money import money_to_pico, pico_to_money
+
+KEY_COLUMNS = ("window_start", "operation", "provider_kind", "provider", "model")
+SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cost_pico", "shadow_pico")
+_US = 1_000_000
+
+
+def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
+    """Stage 1: partial aggregates of one batch of cost records."""
+    if isinstance(costs, pa.RecordBatch):
+        costs = pa.Table.from_batches([costs])
+    window_us = window_seconds * _US
+    ts = costs.column("timestamp").cast(pa.int64())
+    window = pc.multiply(pc.divide(ts, window_us), window_us)
+    is_request = pc.not_equal(costs.column("record_type"), "idle")
+    latency = costs.column("latency_ms").to_numpy(zero_copy_only=False)
+    latency = np.where(np.asarray(is_request.to_numpy(zero_copy_only=False)), latency, np.nan)
+    table = pa.table({
+        "window_start": window,
+        "operation": costs.column("operation"),
+        "provider_kind": costs.column("provider_kind"),
+        "provider": costs.column("provider"),
+        "model": costs.column("model"),
+        "requests": pc.cast(is_request, pa.int64()),
+        "errors": pc.cast(pc.and_(is_request, pc.equal(costs.column("status"), "error")),
+                          pa.int64()),
+        "input_tokens": costs.column("input_tokens"),
+        "output_tokens": costs.column("output_tokens"),
+        "cost_pico": pa.array(money_to_pico(costs.column("cost"))),
+        "shadow_pico": pa.array(money_to_pico(costs.column("shadow_cost"))),
+        "sk": pa.array(sketch.bucket_index(latency)),
+    })
+    fine = table.group_by([*KEY_COLUMNS, "sk"]).aggregate(
+        [(c, "sum") for c in SUMS] + [("sk", "count")])
+    fine = fine.rename_columns([c.removesuffix("_sum") for c in fine.column_names])
+    out = fine.group_by(list(KEY_COLUMNS)).aggregate(
+        [(c, "sum") for c in SUMS] + [("sk", "list"), ("sk_count", "list")])
+    return out.rename_columns([c.removesuffix("_sum") for c in out.column_names])
+
+
+class WindowMerger:
+    """Stage 2: merges partial messages; returns closed window rows (WINDOW_AGGREGATE)."""
+
+    def __init__(self, settings: Settings, store: MutableMapping[str, bytes]) -> None:
+        self.window_us = settings.windows.seconds * _US
+        self.lateness_us = settings.windows.allowed_lateness_seconds * _US
+        self.store = store
+        self._open: dict[int, set[str]] | None = None
+
+    def _index(self) -> dict[int, set[str]]:
+        if self._open is None:
+            self._open = defaultdict(set)
+            for key in list(self.store.keys()):
+                if key.startswith("k|"):
+                    entry = json.loads(self.store[key])
+                    if not entry.get("closed"):
+                        self._open[int(key.split("|")[1])].add(key)
+        return self._open
+
+    @property
+    def watermark(self) -> int | None:
+        raw = self.store.get("m|watermark")
+        return None if raw is None else int(raw)
+
+    def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None) -> pa.Table:
+        """Apply one partial message; returns late-delta rows plus newly closed windows."""
+        late_rows: list[dict[str, Any]] = []
+        columns = {name: part.column(name).to_pylist() for name in part.column_names}
+        for i in range(part.num_rows):  # one row per (window, key) of the batch: small
+            key = "k|" + "|".join(str(columns[c][i]) for c in KEY_COLUMNS)
+            raw = self.store.get(key)
+            entry = json.loads(raw) if raw is not None else _new_entry()
+            if entry["applied"].get(source, -1) >= offset:
+                continue  # replay of something already merged
+            delta = {c: int(columns[c][i] or 0) for c in SUMS}
+            sk = {}
+            if columns.get("sk_list") and columns["sk_list"][i]:
+                sk = sketch.merge({}, columns["sk_list"][i], columns["sk_count_list"][i])
+                sk.pop(-1, None)  # rows without latency (idle lines)
+            if entry["closed"]:
+                entry["revision"] += 1
+                late_rows.append(_row(key, delta, sk, entry["revision"]))
+            for c in SUMS:
+                entry["sums"][c] += delta[c]
+            merged = sketch.merge({int(k): v for k, v in entry["sketch"].items()},
+                                  list(sk), list(sk.values()))
+            entry["sketch"] = {str(k): v for k, v in merged.items()}
+            entry["applied"][source] = offset
+            self.store[key] = json.dumps(entry).encode()
+            if not entry["closed"]:
+                self._index()[int(columns["window_start"][i])].add(key)
+        if watermark_us is not None and watermark_us > (self.watermark or -1):
+            self.store["m|watermark"] = str(watermark_us).encode()
+        closed = self.close_ready()
+        if late_rows:
+            late = _to_table(late_rows, self.window_us)
+            return pa.concat_tables([late, closed]) if closed.num_rows else late
+        return closed
+
+    def close_ready(self) -> pa.Table:
+        watermark = self.watermark
+        if watermark is None:
+            return WINDOW_AGGREGATE.empty_table()
+        index = self._index()
+        ready = sorted(w for w in index if w + self.window_us + self.lateness_us <= watermark)
+        rows: list[dict[str, Any]] = []
+        for window in ready:
+            keys = sorted(index.pop(window))
+            entries = {k: json.loads(self.store[k]) for k in keys}
+            rows.extend(_share([
+                _row(k, e["sums"], {int(b): c for b, c in e["sketch"].items()}, 0)
+                for k, e in entries.items()
+            ]))
+            for k, e in entries.items():
+                e["closed"] = True
+                self.store[k] = json.dumps(e).encode()
+        return _to_table(rows, self.window_us) if rows else WINDOW_AGGREGATE.empty_table()
+
+
+def _new_entry() -> dict[str, Any]:
+    return {"sums": dict.fromkeys(SUMS, 0), "sketch": {}, "applied": {}, "closed": False,
+            "revision": 0}
+
+
+def _row(key: str, sums: dict[str, int], sk: dict[int, int], revision: int) -> dict[str, Any]:
+    _, window, operation, kind, provider, model = key.split("|", 5)
+    return {
+        "window_start": int(window), "operation": operation, "provider_kind": kind,
+        "provider": provider, "model": model, "revision": revision, **sums,
+        "latency_p50_ms": sketch.quantile(sk, 0.50),
+        "latency_p95_ms": sketch.quantile(sk, 0.95),
+        "latency_p99_ms": sketch.quantile(sk, 0.99),
+        "external_share_cost": None, "external_share_requests": None,
+    }
+
+
+def _share(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live dependency share of the whole window (all keys), by cost and by requests."""
+    total_cost = sum(r["cost_pico"] for r in rows)
+    total_req = sum(r["requests"] for r in rows)
+    ext = [r for r in rows if r["provider_kind"] == "external"]
+    share_cost = sum(r["cost_pico"] for r in ext) / total_cost if total_cost else None
+    share_req = sum(r["requests"] for r in ext) / total_req if total_req else None
+    for r in rows:
+        r["external_share_cost"], r["external_share_requests"] = share_cost, share_req
+    return rows
+
+
+def _to_table(rows: list[dict[str, Any]], window_us: int) -> pa.Table:
+    cost = np.array([r.pop("cost_pico") for r in rows], dtype=np.int64)
+    shadow = np.array([r.pop("shadow_pico") for r in rows], dtype=np.int64)
+    starts = [r["window_start"] for r in rows]
+    for r in rows:
+        r.pop("window_start")
+    table = pa.Table.from_pylist(rows)
+    table = table.append_column("window_start", pa.array(starts, pa.int64()).cast(TIMESTAMP))
+    ends = [s + window_us for s in starts]
+    table = table.append_column("window_end", pa.array(ends, pa.int64()).cast(TIMESTAMP))
+    table = table.append_column("cost", pico_to_money(cost))
+    table = table.append_column("shadow_cost", pico_to_money(shadow))
+    return table.select(WINDOW_AGGREGATE.names).cast(WINDOW_AGGREGATE)

@@ -1,0 +1,290 @@
+"""Costing: request events -> cost records, batch by batch (no per-event Python).
+
+External rows are priced at once from the catalog (`streams.pricing`). Own-model rows get a
+shadow price now and their GPU cost later: they travel, with the GPU samples, through the
+single-partition `gpuwork` topic to `GpuAllocator`, which sees both in one order and so closes
+each (GPU, bucket) deterministically (rule in `streams.allocation`).
+
+Bucket closing: a bucket closes when the gpuwork watermark (max event time seen) passes
+bucket_end + gpu.allowed_lateness_seconds. A request for an already closed bucket is the
+correction path: it is emitted as record_type "correction", cost 0, pricing_status
+"gpu_unattributed" (the bucket's idle line already holds that money, so totals stay exact) and
+counted in `costpipe_late_internal_requests_total`. Internal requests whose bucket had no GPU
+samples are emitted with cost 0 and pricing_status "gpu_unattributed", counted, never dropped.
+
+State lives in a mapping (a Faust table in the worker, a dict in tests): pending rows and
+samples as Arrow IPC chunks keyed by (bucket, gpu, source offset), so re-applying a replayed
+message overwrites the same key (idempotent), and duplicates by request_id are dropped at close.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import MutableMapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prometheus_client import Counter
+
+from costpipe.settings import Settings
+from schemas.codec import encode_arrow
+from schemas.records import COST_RECORD, TIMESTAMP
+from streams.allocation import allocate, bucket_energy_mj, busy_pico, gpu_bucket_cost_pico
+from streams.money import money_to_pico, pico_to_money
+from streams.pricing import internal_mask, price_batch, shadow_price_batch
+
+UNATTRIBUTED = Counter("costpipe_gpu_unattributed_requests_total",
+                       "Own-model requests with no GPU samples for their bucket (cost 0)")
+LATE_INTERNAL = Counter("costpipe_late_internal_requests_total",
+                        "Own-model requests that arrived after their GPU bucket closed")
+COSTED = Counter("costpipe_cost_records_total", "Cost records emitted", ["record_type"])
+
+IDLE_OPERATION = "_gpu_idle"
+IDLE_PROVIDER = "gpu"
+_US = 1_000_000
+
+
+def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
+                 offset: int) -> tuple[pa.Table, pa.Table]:
+    """(external cost records, internal pending records) for one decoded request batch."""
+    n = batch.num_rows
+    internal = internal_mask(batch, settings)
+    cost, list_cost, status = price_batch(batch, settings)
+    shadow = shadow_price_batch(batch, settings)
+    ts_us = batch.column("timestamp").cast(pa.int64()).to_numpy()
+    bucket_us = settings.gpu.bucket_seconds * _US
+    bucket = np.where(internal, ts_us - ts_us % bucket_us, 0)
+    columns = {
+        "record_id": batch.column("request_id"),
+        "record_type": pa.array(["request"] * n, pa.string()),
+        "timestamp": batch.column("timestamp"),
+        "operation": batch.column("operation"),
+        "provider": batch.column("provider"),
+        "provider_kind": pa.array(np.where(internal, "internal", "external"), pa.string()),
+        "model": batch.column("model"),
+        "team": batch.column("team"),
+        "app": batch.column("app"),
+        "feature": batch.column("feature"),
+        "input_tokens": batch.column("input_tokens"),
+        "output_tokens": batch.column("output_tokens"),
+        "cache_read_tokens": batch.column("cache_read_tokens"),
+        "cache_write_tokens": batch.column("cache_write_tokens"),
+        "cost": cost,
+        "list_cost": list_cost,
+        "shadow_cost": shadow,
+        "pricing_status": pc.fill_null(status, "gpu_unattributed"),  # until allocated
+        "latency_ms": batch.column("latency_ms"),
+        "ttft_ms": batch.column("ttft_ms"),
+        "status": batch.column("status"),
+        "gpu_uuid": batch.column("gpu_uuid"),
+        "bucket_start": pa.array(bucket.astype(np.int64)).cast(TIMESTAMP),
+        "source_partition": pa.array(np.full(n, partition, dtype=np.int32)),
+        "source_offset": pa.array(np.full(n, offset, dtype=np.int64)),
+    }
+    table = pa.Table.from_pydict(columns, schema=COST_RECORD)
+    mask = pa.array(internal)
+    table = table.set_column(table.schema.get_field_index("bucket_start"), "bucket_start",
+                             pc.if_else(mask, table.column("bucket_start"),
+                                        pa.scalar(None, TIMESTAMP)))
+    return table.filter(pc.invert(mask)), table.filter(mask)
+
+
+class GpuAllocator:
+    """Buffers own-model records and GPU samples per bucket; closes buckets into cost records."""
+
+    def __init__(self, settings: Settings, store: MutableMapping[str, bytes]) -> None:
+        self.settings = settings
+        self.store = store
+        self.bucket_us = settings.gpu.bucket_seconds * _US
+        self.lateness_us = settings.gpu.allowed_lateness_seconds * _US
+        self._index: dict[int, set[str]] | None = None
+
+    # -- state helpers
+    def _meta(self, name: str, default: int | None) -> int | None:
+        raw = self.store.get(f"m|{name}")
+        return default if raw is None else int(raw)
+
+    def _set_meta(self, name: str, value: int) -> None:
+        self.store[f"m|{name}"] = str(value).encode()
+
+    def _bucket_index(self) -> dict[int, set[str]]:
+        if self._index is None:
+            self._index = defaultdict(set)
+            for key in list(self.store.keys()):
+                if key[:2] in ("r|", "s|"):
+                    self._index[int(key.split("|")[1])].add(key)
+        return self._index
+
+    def _put(self, kind: str, bucket: int, gpu: str, source: str, table: pa.Table) -> None:
+        key = f"{kind}|{bucket}|{gpu}|{source}"
+        self.store[key] = encode_arrow(table)
+        self._bucket_index()[bucket].add(key)
+
+    # -- input
+    def add_requests(self, pending: pa.Table, source: str) -> pa.Table:
+        """Buffer pending own-model records; returns the late ones (correction records)."""
+        if pending.num_rows == 0:
+            return pending
+        closed = self._meta("closed_through", None)
+        bucket = pending.column("bucket_start").cast(pa.int64())
+        late_mask = (pc.less_equal(bucket, closed) if closed is not None
+                     else pa.array(np.zeros(pending.num_rows, dtype=bool)))
+        on_time = pending.filter(pc.invert(late_mask))
+        late = pending.filter(late_mask)
+        gpu = pc.fill_null(on_time.column("gpu_uuid"), "")
+        keyed = on_time.append_column("_b", on_time.column("bucket_start").cast(pa.int64()))
+        keyed = keyed.append_column("_g", gpu)
+        groups = keyed.group_by(["_b", "_g"]).aggregate([])
+        for b, g in zip(groups["_b"].to_pylist(), groups["_g"].to_pylist(), strict=True):
+            sel = pc.and_(pc.equal(keyed.column("_b"), b), pc.equal(keyed.column("_g"), g))
+            self._put("r", b, g, source, on_time.filter(sel))
+        self._advance(pc.max(on_time.column("timestamp").cast(pa.int64())).as_py())
+        if late.num_rows:
+            LATE_INTERNAL.inc(late.num_rows)
+            n = late.num_rows
+            late = late.set_column(late.schema.get_field_index("record_type"), "record_type",
+                                   pa.array(["correction"] * n, pa.string()))
+            late = late.set_column(late.schema.get_field_index("pricing_status"),
+                                   "pricing_status", pa.array(["gpu_unattributed"] * n))
+            late = conform(late)
+        return late
+
+    def add_samples(self, samples: pa.RecordBatch | pa.Table, source: str) -> None:
+        if samples.num_rows == 0:
+            return
+        table = pa.Table.from_batches([samples]) if isinstance(samples, pa.RecordBatch) \
+            else samples
+        ts = table.column("timestamp").cast(pa.int64())
+        bucket = pc.multiply(pc.divide(ts, self.bucket_us), self.bucket_us)
+        keyed = table.append_column("_b", bucket)
+        closed = self._meta("closed_through", None)
+        groups = keyed.group_by(["_b", "gpu_uuid"]).aggregate([])
+        for b, g in zip(groups["_b"].to_pylist(), groups["gpu_uuid"].to_pylist(), strict=True):
+            if closed is not None and b <= closed:
+                continue  # samples for a closed bucket cannot change a final GPU cost
+            sel = pc.and_(pc.equal(keyed.column("_b"), b), pc.equal(keyed.column("gpu_uuid"), g))
+            self._put("s", b, g, source, table.filter(sel))
+        self._advance(pc.max(ts).as_py())
+
+    def _advance(self, max_ts: int | None) -> None:
+        if max_ts is None:
+            return
+        if max_ts > (self._meta("watermark", -1) or -1):
+            self._set_meta("watermark", max_ts)
+
+    # -- closing
+    def close_ready(self) -> pa.Table:
+        """Close every bucket whose end + lateness the watermark has passed; cost records."""
+        watermark = self._meta("watermark", None)
+        if watermark is None:
+            return COST_RECORD.empty_table()
+        index = self._bucket_index()
+        ready = sorted(b for b in index if b + self.bucket_us + self.lateness_us <= watermark)
+        out = [self._close(b) for b in ready]
+        if ready:
+            self._set_meta("closed_through", max(ready[-1], self._meta("closed_through", 0) or 0))
+        return _concat(out)
+
+    def _close(self, bucket: int) -> pa.Table:
+        keys = self._bucket_index().pop(bucket)
+        by_gpu: dict[str, dict[str, list[pa.Table]]] = defaultdict(lambda: {"r": [], "s": []})
+        for key in sorted(keys):
+            kind, _, gpu, _ = key.split("|", 3)
+            raw = self.store.get(key)
+            if raw is not None:
+                by_gpu[gpu][kind].append(pa.ipc.open_stream(raw).read_all())
+        out = []
+        for gpu in sorted(by_gpu):
+            out.append(self._close_gpu(bucket, gpu, by_gpu[gpu]["r"], by_gpu[gpu]["s"]))
+        for key in keys:
+            self.store.pop(key, None)
+        return _concat(out)
+
+    def _close_gpu(self, bucket: int, gpu: str, requests: list[pa.Table],
+                   samples: list[pa.Table]) -> pa.Table:
+        reqs = _dedup(_concat(requests))
+        if not samples:
+            if reqs.num_rows:
+                UNATTRIBUTED.inc(reqs.num_rows)
+                reqs = _set_status(reqs, "gpu_unattributed")
+            return conform(reqs)
+        s = pa.concat_tables(samples).sort_by("timestamp")
+        s = s.filter(pc.invert(pc.is_null(s.column("timestamp"))))
+        prev_key = f"e|{gpu}"
+        prev = self.store.get(prev_key)
+        energy = bucket_energy_mj(
+            s.column("energy_mj").to_pylist(), s.column("power_w").to_pylist(),
+            s.column("interval_s").to_pylist(), None if prev is None else int(prev),
+        )
+        last_counter = s.column("energy_mj")[-1].as_py()
+        if last_counter is not None:
+            self.store[prev_key] = str(last_counter).encode()
+        total = gpu_bucket_cost_pico(energy, self.settings.gpu)
+        busy = busy_pico(total, s.column("utilization_pct").to_pylist(), reqs.num_rows > 0)
+        if reqs.num_rows:
+            weights = (pc.add(reqs.column("input_tokens"), reqs.column("output_tokens"))
+                       .to_numpy())
+            shares = allocate(busy, weights, reqs.column("record_id").to_pylist())
+            reqs = reqs.set_column(reqs.schema.get_field_index("cost"), "cost",
+                                   pico_to_money(shares))
+            reqs = _set_status(reqs, "gpu_allocated")
+        idle = total - busy
+        return _concat([reqs, self._idle_record(bucket, gpu, idle, s)])
+
+    def _idle_record(self, bucket: int, gpu: str, idle_pico: int, samples: pa.Table) -> pa.Table:
+        model = samples.column("gpu_name")[0].as_py() if "gpu_name" in samples.column_names \
+            else None
+        row = {name: None for name in COST_RECORD.names}
+        row.update({
+            "record_id": f"idle:{gpu}:{bucket}", "record_type": "idle", "timestamp": bucket,
+            "operation": IDLE_OPERATION, "provider": IDLE_PROVIDER, "provider_kind": "internal",
+            "model": model or gpu, "input_tokens": 0, "output_tokens": 0,
+            "cache_read_tokens": 0, "cache_write_tokens": 0, "pricing_status": "idle",
+            "status": "ok", "gpu_uuid": gpu, "bucket_start": bucket,
+        })
+        table = pa.table({k: [v] for k, v in row.items() if k not in ("timestamp", "bucket_start",
+                                                                       "cost")})
+        table = table.append_column("timestamp", pa.array([bucket]).cast(TIMESTAMP))
+        table = table.append_column("bucket_start", pa.array([bucket]).cast(TIMESTAMP))
+        table = table.append_column("cost", pico_to_money(np.array([idle_pico])))
+        return table.select(COST_RECORD.names).cast(COST_RECORD)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Same columns, order and field flags as COST_RECORD (set_column drops them)."""
+    return table.select(COST_RECORD.names).cast(COST_RECORD)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables([conform(t) for t in tables]) if tables else COST_RECORD.empty_table()
+
+
+def _dedup(table: pa.Table) -> pa.Table:
+    """Drop rows whose record_id was already seen (replayed messages), keep the first."""
+    if table.num_rows < 2:
+        return table
+    ids = table.column("record_id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return table
+    indexed = table.append_column("_i", pa.array(np.arange(table.num_rows)))
+    first = indexed.group_by("record_id").aggregate([("_i", "min")]).column("_i_min")
+    return table.take(pc.sort_indices(first))
+
+
+def _set_status(table: pa.Table, status: str) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("pricing_status"), "pricing_status",
+                            pa.array([status] * table.num_rows, pa.string()))
+
+
+def pending_message(table: pa.Table) -> bytes:
+    return encode_arrow(table)
+
+
+def meta_json(allocator: GpuAllocator) -> str:
+    return json.dumps({"watermark": allocator._meta("watermark", None),
+                       "closed_through": allocator._meta("closed_through", None)})
+
+
+__all__ = ["GpuAllocator", "cost_records", "money_to_pico"]
