@@ -6,69 +6,16 @@ tests/integration/test_edges_kafka.py reads the same events back from the real b
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
-import pyarrow as pa
 import pytest
 
-from collectors.proxy import Proxy, ProxyConfig
-from costpipe.settings import load_settings
-from tests.openai_stub import CACHED_TOKENS, PROMPT_TOKENS, StubUpstream, start_site
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, event: Mapping[str, Any]) -> None:
-        self.events.append(dict(event))
-
-    def emit_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
-        self.events.extend(batch.to_pylist())
-
-
-class Servers:
-    """Stub upstream + proxy on a private event loop in a background thread."""
-
-    def __init__(self, stub: StubUpstream, sink: Any, **config: Any) -> None:
-        self.stub, self.sink, self.config = stub, sink, config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runners: list[Any] = []
-
-    def __enter__(self) -> Servers:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        runner, self.upstream_url = await start_site(self.stub.app())
-        self.runners.append(runner)
-        settings = load_settings(environ={
-            "COSTPIPE_SERVERS__OPERATION_MAP": '{"emb-model": "search_embeddings"}',
-            "COSTPIPE_PROVIDERS__INTERNAL": '["own-vllm"]',
-        })
-        config = ProxyConfig(upstream=self.upstream_url + "/v1", **self.config)
-        runner, self.url = await start_site(Proxy(settings, config, self.sink).app())
-        self.runners.append(runner)
-
-    def __exit__(self, *_: object) -> None:
-        async def stop() -> None:
-            for runner in reversed(self.runners):
-                await runner.cleanup()
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-    def client(self, **headers: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="sk-secret-key",
-                             default_headers=headers, max_retries=0)
+from tests.openai_stub import CACHED_TOKENS, PROMPT_TOKENS, StubUpstream
+from tests.proxy_harness import ListSink, Servers
 
 
 @pytest.fixture
