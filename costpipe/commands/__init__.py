@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "costpipe.commands.proxy",
     "costpipe.commands.otlp",
     "costpipe.commands.gpu",
+    "costpipe.commands.simulate",
 ]
 
 
