@@ -82,7 +82,7 @@ def encode_arrow(data: pa.RecordBatch | pa.Table) -> bytes:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # plain notation: "0.000000000000", never "0E-12"
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)

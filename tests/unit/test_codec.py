@@ -1,12 +1,11 @@
 """Envelope codec properties: both encodings round-trip every schema; bad input names the field.
 
-Strategies are derived from the Arrow schemas themselves, so a field added to
-`schemas/records.py` is covered without touching this file.
+Strategies come from `tests/strategies.py`, derived from the Arrow schemas themselves, so a
+field added to `schemas/records.py` is covered without touching this file.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pyarrow as pa
@@ -15,54 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import ALL_SCHEMAS, ARROW, JSON, decode, encode_arrow, encode_json, headers_for
-from schemas.codec import ENCODING_HEADER, MAX_EVENT_AGE, TOKEN_FIELDS
-from schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
+from schemas.codec import ENCODING_HEADER
+from tests.strategies import NOW, rows
 
-NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 SCHEMA_NAMES = sorted(ALL_SCHEMAS)
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
 PROFILE = settings(max_examples=30, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow])
-
-
-def _value(field: pa.Field) -> st.SearchStrategy[Any]:
-    type_, name = field.type, field.name
-    if name == "provider_kind":
-        return st.sampled_from(PROVIDER_KINDS)
-    if name == "status":
-        return st.sampled_from(STATUSES)
-    if name in TOKEN_FIELDS:
-        return st.integers(0, MAX_TOKENS)
-    if name in ("latency_ms", "ttft_ms"):
-        return st.floats(0, 1e7, allow_nan=False)
-    if pa.types.is_string(type_):
-        return TEXT.filter(bool) if not field.nullable else TEXT
-    if pa.types.is_int32(type_):
-        return st.integers(-(2**31), 2**31 - 1)
-    if pa.types.is_integer(type_):
-        return st.integers(-(2**63), 2**63 - 1)
-    if pa.types.is_floating(type_):
-        return st.floats(allow_nan=False, allow_infinity=False)
-    if pa.types.is_decimal(type_):
-        return st.decimals(-(10**12), 10**12, places=12, allow_nan=False, allow_infinity=False)
-    if pa.types.is_timestamp(type_):
-        return st.datetimes(
-            min_value=(NOW - MAX_EVENT_AGE + dt.timedelta(days=1)).replace(tzinfo=None),
-            max_value=NOW.replace(tzinfo=None),
-            timezones=st.just(dt.UTC),
-        )
-    if pa.types.is_binary(type_):
-        return st.binary(max_size=64)
-    raise AssertionError(f"no strategy for {type_}")
-
-
-def rows(schema: pa.Schema) -> st.SearchStrategy[dict[str, Any]]:
-    """One valid event of `schema`: nullable fields may be None."""
-    parts = {
-        field.name: (st.none() | _value(field)) if field.nullable else _value(field)
-        for field in schema
-    }
-    return st.fixed_dictionaries(parts)
 
 
 def _same(decoded: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
