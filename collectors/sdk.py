@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,21 @@ _TAG_FIELDS = ("team", "app", "feature")
 _EXTRA_FIELDS = frozenset(
     {"gen_ai_operation", "response_model", "host", "gpu_uuid", "ttft_ms", "source", *_TAG_FIELDS}
 )
+
+
+class _Ids:
+    """Request ids: a random per-process prefix plus a counter (cheaper than uuid4 per call)."""
+
+    prefix = os.urandom(8).hex()
+    counter = itertools.count()
+
+    @classmethod
+    def reset(cls) -> None:  # after fork, a child must not repeat the parent's ids
+        cls.prefix = os.urandom(8).hex()
+        cls.counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_Ids.reset)
 
 
 class _State:
@@ -133,7 +149,7 @@ class Tracker:
     def finish(self, error: BaseException | None = None) -> None:
         latency_ms = (time.perf_counter() - self._start) * 1000.0
         event = self.event
-        event["request_id"] = os.urandom(16).hex()
+        event["request_id"] = f"{_Ids.prefix}-{next(_Ids.counter):x}"
         event["timestamp"] = self._ts_us
         event["latency_ms"] = latency_ms
         event["provider_kind"] = _kind(event["provider"])
