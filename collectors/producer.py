@@ -169,9 +169,13 @@ class BatchingProducer:
 
     @property
     def stats(self) -> dict[str, int]:
+        try:
+            queued = sum(_rows(item) for item in list(self._queue))
+        except RuntimeError:  # the sender thread changed the deque mid-copy
+            queued = len(self._queue)
         return {
             **self._stats,
-            "queued": sum(_rows(item) for item in list(self._queue)),
+            "queued": queued,
             "spool_pending": self._spool.pending_rows,
         }
 
