@@ -82,7 +82,8 @@ def connect(
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     replacements = {f"{{{{source:{name}}}}}": _source(lake, name) for name in TABLES}
-    replacements["{{target_internal_share}}"] = repr(float(settings.target_internal_share))
+    target = float(settings.target_internal_share)
+    replacements["{{target_internal_share}}"] = f"CAST({target!r} AS DOUBLE)"
     for _name, text in sql_files():
         for placeholder, value in replacements.items():
             text = text.replace(placeholder, value)
