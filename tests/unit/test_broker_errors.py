@@ -9,13 +9,21 @@ import sys
 from pathlib import Path
 
 
-def _run(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run(tmp_path: Path, *args: str, port: int | None = None,
+         **extra: str) -> subprocess.CompletedProcess[str]:
+    """`costpipe kafka ...` on free ports (nothing listens there) with an empty cache."""
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env |= {
         "COSTPIPE_STATE_DIR": str(tmp_path / "state"),
         "COSTPIPE_CACHE_DIR": str(tmp_path / "cache"),
-        "COSTPIPE_KAFKA__LOCAL_PORT": "29096",
-        "COSTPIPE_KAFKA__LOCAL_CONTROLLER_PORT": "29097",
+        "COSTPIPE_KAFKA__LOCAL_PORT": str(port or _free_port()),
+        "COSTPIPE_KAFKA__LOCAL_CONTROLLER_PORT": str(_free_port()),
         **extra,
     }
     return subprocess.run(
@@ -49,11 +57,12 @@ def test_missing_maven_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_port_taken_by_something_else(tmp_path: Path) -> None:
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 29096))
+        squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        result = _run(tmp_path, "up")
+        port = squatter.getsockname()[1]
+        result = _run(tmp_path, "up", port=port)
     assert result.returncode == 1
-    assert "port 29096 is in use" in result.stderr and "kafka.local_port" in result.stderr
+    assert f"port {port} is in use" in result.stderr and "kafka.local_port" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -64,6 +73,7 @@ def test_bad_setting_names_the_key(tmp_path: Path) -> None:
 
 
 def test_status_of_stopped_local_broker(tmp_path: Path) -> None:
-    result = _run(tmp_path, "status")
+    port = _free_port()
+    result = _run(tmp_path, "status", port=port)
     assert result.returncode == 1
-    assert "127.0.0.1:29096: stopped" in result.stdout
+    assert f"127.0.0.1:{port}: stopped" in result.stdout
