@@ -202,19 +202,41 @@ class BatchingProducer:
                 return
 
     def _drain(self, force: bool) -> None:
-        """Turn queued items into envelopes; dicts are grouped, batches sliced to max_rows."""
+        """Turn queued items into envelopes; dicts are grouped, batches sliced to max_rows.
+
+        Items are popped one at a time (the caller may spill the same deque concurrently), and
+        whatever was popped is dispatched even if a later step fails.
+        """
         queue = self._queue
-        while queue and (force or len(queue) >= self._max_rows):
-            events: list[Mapping[str, Any]] = []
-            while queue and len(events) < self._max_rows and isinstance(queue[0], Mapping):
-                events.append(queue.popleft())
+        if not force and len(queue) < self._max_rows:
+            return
+        events: list[Mapping[str, Any]] = []
+        try:
+            while True:
+                try:
+                    item = queue.popleft()
+                except IndexError:
+                    break
+                if isinstance(item, Mapping):
+                    events.append(item)
+                    if len(events) >= self._max_rows:
+                        batch, events = events, []
+                        self._dispatch(self._to_batch(batch))
+                    continue
+                if events:
+                    batch, events = events, []
+                    self._dispatch(self._to_batch(batch))
+                try:
+                    table = self._conform(item)
+                except (pa.ArrowException, TypeError, ValueError) as exc:
+                    for row in item.to_pylist():  # rare: a batch that does not fit the schema
+                        self._reject(row, str(exc))
+                    continue
+                for offset in range(0, table.num_rows, self._max_rows):
+                    self._dispatch(table.slice(offset, self._max_rows))
+        finally:
             if events:
                 self._dispatch(self._to_batch(events))
-                continue
-            item = queue.popleft()
-            table = self._conform(item)  # type: ignore[arg-type]
-            for offset in range(0, table.num_rows, self._max_rows):
-                self._dispatch(table.slice(offset, self._max_rows))
 
     def _to_batch(self, events: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
