@@ -145,9 +145,14 @@ def ensure_running(settings: Settings, *, console: Console | None = None) -> str
             if not _port_open(settings.kafka.local_port):
                 pid = _start(settings, paths, console)
         if not wait_ready(settings, timeout=READY_TIMEOUT_S, pid=pid):
+            died = pid is not None and not _alive(pid)
+            why = "exited during start-up" if died else (
+                f"did not answer within {READY_TIMEOUT_S:.0f} s")
+            last = _last_error(paths.stdout_log)
             raise BrokerError(
-                f"the local Kafka did not answer on {settings.bootstrap_servers} within "
-                f"{READY_TIMEOUT_S:.0f} s; see {paths.stdout_log} and {paths.logs}/server.log"
+                f"the local Kafka on {settings.bootstrap_servers} {why}"
+                f"{f' ({last})' if last else ''}; see {paths.stdout_log} and "
+                f"{paths.logs}/server.log"
             )
     ensure_topics(settings)
     return settings.bootstrap_servers
@@ -480,6 +485,17 @@ def _kafka_error_text(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else exc
     text = getattr(error, "str", None)
     return text() if callable(text) else str(error)
+
+
+def _last_error(log: Path) -> str:
+    """The last ERROR/FATAL line of the broker's stdout log, shortened, or ''."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    errors = [line for line in lines if " ERROR " in line or " FATAL " in line
+              or "Exception" in line]
+    return errors[-1].strip()[:300] if errors else ""
 
 
 def _last_line(text: str) -> str:
