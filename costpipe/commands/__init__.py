@@ -8,12 +8,15 @@ import typer
 
 # One line per command module; the order is the order in `costpipe --help`.
 COMMAND_MODULES = [
+    "costpipe.commands.run",
     "costpipe.commands.kafka",
     "costpipe.commands.analytics",
     "costpipe.commands.proxy",
     "costpipe.commands.otlp",
     "costpipe.commands.gpu",
     "costpipe.commands.simulate",
+    "costpipe.commands.worker",
+    "costpipe.commands.alerts",
 ]
 
 

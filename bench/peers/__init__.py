@@ -1,0 +1,1 @@
+"""Peer implementations measured beside costpipe on the same topic data (bench only)."""
