@@ -63,6 +63,13 @@ INT_FIELDS = frozenset(name for name in FIELDS if REQUEST_EVENT.field(name).type
 FLOAT_FIELDS = frozenset(
     name for name in FIELDS if REQUEST_EVENT.field(name).type == pa.float64()
 )
+NUMERIC_FIELDS = INT_FIELDS | FLOAT_FIELDS
+# attribute key -> (field, is a deprecated name), built from the schema metadata
+_KEYS: dict[str, tuple[str, bool]] = {
+    **{f"costpipe.{name}": (name, False) for name in FIELDS},
+    **{otel: (name, False) for otel, name in ATTRIBUTES.items()},
+    **{old: (ATTRIBUTES[new], True) for old, new in DEPRECATED.items()},
+}
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _RELAXED = pa.schema(
@@ -165,13 +172,18 @@ class SpanConverter:
 
     def _row(self, span: Any, attrs: dict[str, Any], resource: dict[str, Any]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
+        fallback: dict[str, Any] = {}  # from deprecated names: used only when no current name
         for source in (resource, attrs):  # span attributes override resource attributes
-            for key in sorted(source, key=lambda k: k not in DEPRECATED):  # deprecated first
-                name = ATTRIBUTES.get(DEPRECATED.get(key, key))
-                if name is None and key.startswith("costpipe.") and key[9:] in FIELDS:
-                    name = key[9:]
-                if name is not None and source[key] is not None:
-                    fields[name] = _coerce(name, source[key])
+            for key, value in source.items():
+                target = _KEYS.get(key)
+                if target is None or value is None:
+                    continue
+                name, deprecated = target
+                if name in NUMERIC_FIELDS or not isinstance(value, str):
+                    value = _coerce(name, value)
+                (fallback if deprecated else fields)[name] = value
+        for name, value in fallback.items():
+            fields.setdefault(name, value)
         if not fields.get("app") and resource.get("service.name"):
             fields["app"] = str(resource["service.name"])
         model = fields.get("model") or fields.get("response_model")
