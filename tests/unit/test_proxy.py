@@ -146,3 +146,24 @@ def test_chunks_reach_the_client_before_the_upstream_finishes() -> None:
         assert arrivals[0] < 0.75, arrivals
         assert arrivals[-1] > 1.5, arrivals
         assert len(arrivals) >= 5, arrivals
+
+
+def test_client_disconnect_mid_stream_is_recorded_as_an_error() -> None:
+    sink = ListSink()
+    with Servers(StubUpstream(chunk_delay_s=0.2), sink, provider="openai") as running:
+        body = {"model": "gpt-4o", "stream": True, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", running.url + "/v1/chat/completions", json=body,
+                          timeout=10) as response:
+            next(response.iter_raw())
+        event = _only(sink) if _wait_for(sink, 5) else None
+    assert event is not None
+    assert (event["status"], event["error_type"]) == ("error", "client_disconnected")
+    assert event["output_tokens"] < 8
+
+
+def _wait_for(sink: ListSink, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not sink.events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(sink.events)
