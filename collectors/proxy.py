@@ -19,6 +19,7 @@ logs or stores prompt text, response text or header values.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 import logging
@@ -264,7 +265,7 @@ class Proxy:
                     }
                     body = json.dumps(request_doc, separators=(",", ":")).encode()
                     injected = True
-        started_at = request_event(self.settings)["timestamp"]
+        started_at = dt.datetime.now(dt.UTC)
         headers = _forward_headers(request.headers)
         tracker: ResponseTracker | None = None
         status_code = 502

@@ -45,13 +45,21 @@ class Servers:
     async def _start(self) -> None:
         runner, self.upstream_url = await start_site(self.stub.app())
         self.runners.append(runner)
+        self.url = await self._start_proxy(self.upstream_url + "/v1")
+
+    async def _start_proxy(self, upstream: str) -> str:
         settings = self.settings or load_settings(environ={
             "COSTPIPE_SERVERS__OPERATION_MAP": '{"emb-model": "search_embeddings"}',
             "COSTPIPE_PROVIDERS__INTERNAL": '["own-vllm"]',
         })
-        config = ProxyConfig(upstream=self.upstream_url + "/v1", **self.config)
-        runner, self.url = await start_site(Proxy(settings, config, self.sink).app())
+        config = ProxyConfig(upstream=upstream, **self.config)
+        runner, url = await start_site(Proxy(settings, config, self.sink).app())
         self.runners.append(runner)
+        return url
+
+    def proxy_for(self, upstream: str) -> str:
+        """Another proxy (same sink and options) in front of `upstream`; returns its URL."""
+        return asyncio.run_coroutine_threadsafe(self._start_proxy(upstream), self.loop).result(10)
 
     def __exit__(self, *_: object) -> None:
         async def stop() -> None:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.openai_stub import CACHED_TOKENS, PROMPT_TOKENS, StubUpstream
+from tests.openai_stub import CACHED_TOKENS, PROMPT_TOKENS, StubUpstream, free_port
 from tests.proxy_harness import ListSink, Servers
 
 
@@ -167,3 +167,16 @@ def _wait_for(sink: ListSink, seconds: float) -> bool:
     while not sink.events and time.monotonic() < deadline:
         time.sleep(0.02)
     return bool(sink.events)
+
+
+def test_unreachable_upstream_is_a_502_and_an_error_event() -> None:
+    sink = ListSink()
+    with Servers(StubUpstream(), sink, provider="openai") as running:
+        dead = free_port()
+        proxy = running.proxy_for(f"http://127.0.0.1:{dead}/v1")
+        with pytest.raises(openai.InternalServerError) as raised:
+            openai.OpenAI(base_url=proxy + "/v1", api_key="k", max_retries=0).embeddings.create(
+                model="emb", input="x")
+        assert raised.value.status_code == 502
+        event = _only(sink)
+    assert (event["status"], event["error_type"]) == ("error", "upstream_unreachable")
