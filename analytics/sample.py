@@ -37,13 +37,13 @@ def _unscaled(pico: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.decimal128(38, 12), len(lo), [None, pa.py_buffer(buf)])
 
 
-def costs(n: int, seed: int = 7, start: dt.datetime | None = None, days: int = 3,
+def costs(n: int, seed: int = 7, start: dt.datetime | None = None, days: float = 3,
           idle_share: float = 0.01) -> pa.Table:
     """n cost records over `days` days; about idle_share of them are idle rows."""
     rng = np.random.default_rng(seed)
     start = start or dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     start_us = int(start.timestamp() * 1_000_000)
-    ts = start_us + rng.integers(0, days * 86_400_000_000, n)
+    ts = start_us + rng.integers(0, int(days * 86_400_000_000), n)
     model_idx = rng.integers(0, len(MODELS), n)
     op_idx = rng.integers(0, len(OPERATIONS), n)
     team_idx = rng.integers(0, len(TEAMS), n)

@@ -147,6 +147,9 @@ class LakeSettings(_Section):
     location: str = Field(default=".costpipe/lake", description="Folder or fsspec/pyarrow URL")
     flush_rows: int = Field(default=200_000, ge=1)
     flush_seconds: float = Field(default=5.0, gt=0)
+    export_cron: str = Field(
+        default="30 0 * * *", description="UTC crontab of the nightly export of yesterday"
+    )
 
 
 class ServerSettings(_Section):

@@ -8,16 +8,20 @@ re-delivers everything not yet durable. Agents keep concurrency=1 (faust-streami
 A background timer flushes buffers that reached `lake.flush_seconds` while their topic is
 quiet. Revoked partitions drop their buffers (the new owner re-reads them) and the sink
 re-discovers its durable high-water mark from the lake's file names on the next assignment.
+A leader-only crontab (`lake.export_cron`, UTC) runs the nightly export of yesterday.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
 import pyarrow as pa
 
 from costpipe.settings import get_settings
+from lake.export import export_day
 from lake.layout import open_lake
 from lake.sink import Flushed, LakeSink
 from schemas.codec import decode
@@ -89,3 +93,21 @@ async def flush_quiet_buffers() -> None:
 async def _on_revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
     for tp in revoked:
         sink.forget(tp.topic, tp.partition)
+
+
+@app.crontab(settings.lake.export_cron, timezone=dt.UTC, on_leader=True)
+async def nightly_export() -> None:
+    """Leader only: compact yesterday (UTC) into sorted Parquet and FOCUS exports.
+
+    Runs in a thread so the event loop keeps consuming; export is idempotent, so a re-run
+    after a leader change or crash rewrites the same files and manifest.
+    """
+    if not sink.lake.is_local:
+        log.warning("lake: nightly export skipped: %s is not a local folder; run "
+                    "`costpipe export --date D --out DIR` where the export should land",
+                    sink.lake.uri)
+        return
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    for fmt in ("parquet", "focus"):
+        result = await asyncio.to_thread(export_day, sink.lake, day, fmt)
+        log.info("lake: exported %s as %s to %s", day, fmt, result.out_dir)

@@ -1,21 +1,30 @@
 -- External share of requests, tokens (input + output) and cost, by day x operation x team,
 -- and progress toward the configured internal-share target (1.0 = target reached).
 -- Idle rows carry no team or request; they are excluded here (see cost_per_operation).
+-- cost_daily: one scan of the lake rolled up per day; the day-level views derive from it.
+CREATE OR REPLACE VIEW cost_daily AS
+SELECT
+    "date" AS day, operation, coalesce(team, '(none)') AS team, provider_kind, provider, model,
+    record_type,
+    count(*) FILTER (WHERE record_type = 'request') AS requests,
+    sum(input_tokens + output_tokens) AS tokens,
+    sum(cost) AS cost,
+    coalesce(sum(shadow_cost), 0) AS shadow_cost
+FROM costs
+GROUP BY ALL;
+
 CREATE OR REPLACE VIEW dependency_share AS
 WITH base AS (
     SELECT
-        "date" AS day,
-        operation,
-        coalesce(team, '(none)') AS team,
-        count(*) FILTER (WHERE record_type = 'request') AS requests,
-        count(*) FILTER (WHERE record_type = 'request' AND provider_kind = 'external')
+        day, operation, team,
+        sum(requests) AS requests,
+        coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0)
             AS external_requests,
-        sum(input_tokens + output_tokens) AS tokens,
-        coalesce(sum(input_tokens + output_tokens) FILTER (WHERE provider_kind = 'external'), 0)
-            AS external_tokens,
+        sum(tokens) AS tokens,
+        coalesce(sum(tokens) FILTER (WHERE provider_kind = 'external'), 0) AS external_tokens,
         sum(cost) AS cost,
         coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS external_cost
-    FROM costs
+    FROM cost_daily
     WHERE record_type <> 'idle'
     GROUP BY ALL
 )

@@ -1,21 +1,27 @@
--- Idle GPU cost of a day is allocated to that day's own-model (operation, provider, model)
+-- Own-model cost per day x operation x provider x model, with the idle GPU cost of a day
+-- allocated to that day's own-model (operation, provider, model)
 -- pro rata to their direct (busy-time) cost. A day with idle cost but no own-model traffic
 -- keeps it on an '(unallocated idle)' line so totals still reconcile. The allocated amounts are
 -- rounded to the pico-dollar; sum(idle_allocated) can differ from sum(idle_cost) by < 1e-9 $
 -- per line.
 CREATE OR REPLACE VIEW idle_allocation AS
-WITH own AS (
-    SELECT "date" AS day, operation, provider, model, sum(cost) AS direct_cost
-    FROM costs
-    WHERE provider_kind = 'internal' AND record_type <> 'idle'
+WITH daily AS MATERIALIZED (
+    SELECT day, operation, provider_kind, provider, model, record_type,
+           sum(requests) AS requests, sum(cost) AS cost, sum(shadow_cost) AS shadow_cost
+    FROM cost_daily
+    WHERE provider_kind = 'internal'
     GROUP BY ALL
 ),
-idle AS (
-    SELECT "date" AS day, sum(cost) AS idle_cost FROM costs WHERE record_type = 'idle' GROUP BY ALL
+own AS (
+    SELECT day, operation, provider, model, sum(requests) AS requests,
+           sum(cost) AS direct_cost, sum(shadow_cost) AS shadow_cost
+    FROM daily WHERE record_type <> 'idle' GROUP BY ALL
 ),
+idle AS (SELECT day, sum(cost) AS idle_cost FROM daily WHERE record_type = 'idle' GROUP BY ALL),
 day_total AS (SELECT day, sum(direct_cost) AS day_cost FROM own GROUP BY day)
 SELECT
-    own.day, own.operation, own.provider, own.model,
+    own.day, own.operation, own.provider, own.model, own.requests, own.direct_cost,
+    own.shadow_cost,
     CAST(coalesce(
         CAST(idle.idle_cost AS DOUBLE) * CAST(own.direct_cost AS DOUBLE)
             / nullif(CAST(day_total.day_cost AS DOUBLE), 0),
@@ -24,7 +30,7 @@ FROM own
 JOIN day_total USING (day)
 LEFT JOIN idle USING (day)
 UNION ALL
-SELECT idle.day, '(unallocated idle)', '(own GPUs)', '', idle.idle_cost
+SELECT idle.day, '(unallocated idle)', '(own GPUs)', '', 0, 0, 0, idle.idle_cost
 FROM idle
 LEFT JOIN day_total USING (day)
 WHERE coalesce(day_total.day_cost, 0) = 0;
@@ -39,9 +45,7 @@ WITH base AS (
         sum(input_tokens + output_tokens) AS tokens,
         sum(cost) AS direct_cost,
         coalesce(sum(shadow_cost), 0) AS shadow_cost,
-        quantile_cont(latency_ms, 0.5) AS latency_p50_ms,
-        quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
-        quantile_cont(latency_ms, 0.99) AS latency_p99_ms
+        quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS latency_q
     FROM costs
     WHERE record_type <> 'idle'
     GROUP BY ALL
@@ -61,7 +65,8 @@ joined AS (
         coalesce(b.direct_cost, 0) AS direct_cost,
         coalesce(i.idle_allocated, 0) AS idle_allocated,
         coalesce(b.shadow_cost, 0) AS shadow_cost,
-        b.latency_p50_ms, b.latency_p95_ms, b.latency_p99_ms
+        b.latency_q[1] AS latency_p50_ms, b.latency_q[2] AS latency_p95_ms,
+        b.latency_q[3] AS latency_p99_ms
     FROM base b
     FULL OUTER JOIN idle i
         ON b.provider_kind = 'internal' AND b.operation = i.operation
