@@ -10,7 +10,7 @@ COSTPIPE := $(VENV)/bin/costpipe
 STAMP := $(VENV)/.costpipe-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv kafka kafka-down run test lint bench soak clean
+.PHONY: help venv chromium kafka kafka-down run test lint bench soak clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -41,7 +41,10 @@ run: kafka ## Set up, start Kafka, then run the whole pipeline (costpipe run)
 		echo "Not built yet: the 'costpipe run' command (pipeline workers + collectors)."; \
 	fi
 
-test: venv ## Set up, then run the test suite (the session fixture starts a test broker)
+chromium: ## Install Debian's chromium for the report's browser test (once)
+	@bash scripts/ensure_chromium.sh
+
+test: venv chromium ## Set up, then run the test suite (the session fixture starts a test broker)
 	$(VENV)/bin/pytest -q
 
 lint: venv ## ruff check
