@@ -1,7 +1,13 @@
 -- Base views over the lake. {{source:<table>}} is replaced by a read_parquet over the table's
 -- Hive tree, or by an empty typed relation while the table has no files yet.
 -- `date` (DATE) and `hour` (INTEGER) are the Hive partition columns, in UTC.
-CREATE OR REPLACE VIEW costs AS SELECT * FROM {{source:costs}};
+-- costs: one row per (record_id, record_type). The streams are at-least-once: a worker killed
+-- after emitting cost records but before committing its input re-emits them on restart, at new
+-- costs-topic offsets, so the lake files can hold a record twice (identical content).
+CREATE OR REPLACE VIEW costs AS
+SELECT * FROM {{source:costs}}
+QUALIFY row_number() OVER (PARTITION BY record_id, record_type
+                           ORDER BY source_partition, source_offset, "date", "hour") = 1;
 CREATE OR REPLACE VIEW gpu_samples AS SELECT * FROM {{source:gpu_samples}};
 CREATE OR REPLACE VIEW windows AS SELECT * FROM {{source:windows}};
 CREATE OR REPLACE VIEW alerts AS SELECT * FROM {{source:alerts}};

@@ -1,0 +1,98 @@
+"""SIGKILL the worker at random points of a seeded simulated run; nothing lost, nothing twice.
+
+The simulator (external traffic only, so the expected cost is the simulator's own exact list
+cost from genai-prices) feeds the test's own topics from a thread while a seeded schedule
+SIGKILLs `costpipe worker` again and again; after the last restart the lake's request count,
+tokens and cost (to the pico-dollar) equal what was produced and no request id is there twice.
+
+Scale: CI default is 60,000 events (2-core machine shared with Kafka and other suites: ~1M
+takes many minutes through one worker). `COSTPIPE_RELIABILITY_EVENTS=1000000` runs the issue's
+full size; `COSTPIPE_RELIABILITY_KILLS` raises the number of kills (default 5).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from collectors.simulator import simulate
+from schemas.records import COST_RECORD
+from tests.reliability.support import lake_costs, lake_raw_rows, scaled, wait_until
+from tests.streams_support.harness import StreamsRun
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(600)]
+
+SEED = 20261125
+RATE = 2_000  # events per simulated second; one Arrow envelope per second
+
+
+def test_random_sigkills_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_path: Path):
+    events = scaled("COSTPIPE_RELIABILITY_EVENTS", 60_000)
+    kills = scaled("COSTPIPE_RELIABILITY_KILLS", 5)
+    run = StreamsRun(kafka_bootstrap, tmp_path, COSTPIPE_LAKE__FLUSH_ROWS="5000",
+                     COSTPIPE_LAKE__FLUSH_SECONDS="1", COSTPIPE_KAFKA__SESSION_TIMEOUT_S="6")
+    lake = tmp_path / "lake"
+    topic = run.settings.topics.requests
+    result: dict[str, object] = {}
+    rows_at_kill: list[int] = []
+
+    def produce() -> None:
+        try:
+            result["summary"] = simulate(
+                run.settings, rate=RATE, duration_s=max(1, events // RATE), seed=SEED, gpus=0,
+                internal_share=0.0, as_fast_as_possible=True,
+                start=dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC),
+                request_sink=lambda t: (run.send(topic, t.to_batches(1000), "request_event"),
+                                        time.sleep(pause)))
+        except BaseException as exc:  # surfaced by the main thread
+            result["error"] = exc
+
+    rng = random.Random(SEED)
+    pause = kills * 8.0 / max(1, events // RATE)  # keep traffic flowing across every kill
+    feeder = threading.Thread(target=produce, daemon=True)
+    try:
+        feeder.start()
+        for _ in range(kills):
+            before = lake_costs(lake).rows
+            worker = run.start_worker()
+            # a random point once this life has made progress (so the kill lands mid-stream)
+            wait_until(lambda: lake_costs(lake).rows > before, 90)  # noqa: B023
+            time.sleep(rng.uniform(0.1, 3.0))
+            rows_at_kill.append(lake_costs(lake).rows)
+            assert worker.poll() is None, f"worker died on its own\n{run.logs()}"
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(20)
+        feeder.join(300)
+        assert "error" not in result, result.get("error")
+        summary = result["summary"]
+        assert not summary.unpriced_models, summary.unpriced_models
+        final = run.start_worker()
+        wait_until(lambda: lake_costs(lake).distinct_ids >= summary.requests, 240, every=2.0)
+        time.sleep(3)  # let any straggling duplicate land before judging
+        got = lake_costs(lake)
+        raw_rows = lake_raw_rows(lake)
+        assert final.poll() is None, run.logs()
+        emitted = run.read(run.settings.topics.costs, COST_RECORD,
+                           lambda t: t.num_rows >= summary.requests, timeout=30)
+    finally:
+        feeder.join(5)
+        run.stop_all()
+    replayed = emitted.num_rows - pc.count_distinct(emitted.column("record_id")).as_py()
+    print(f"\nevents {summary.requests}, kills {kills} at lake rows {rows_at_kill}, "
+          f"lake rows {got.rows}, distinct {got.distinct_ids}, cost {got.cost}, "
+          f"duplicate cost records on the costs topic (re-emitted after kills) {replayed}, "
+          f"raw lake rows {raw_rows}")
+    assert got.rows == summary.requests, (got, run.logs()[-3000:])
+    assert got.distinct_ids == summary.requests, got
+    assert got.input_tokens == summary.input_tokens
+    assert got.output_tokens == summary.output_tokens
+    assert got.cost == summary.expected_external_list_cost
+    assert not list((lake / "_staging").glob("*")) or all(
+        not p.name.endswith(".parquet") for p in (lake / "_staging").iterdir())
