@@ -163,6 +163,7 @@ class ServerSettings(_Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     worker_web_port: int = Field(default=6066, ge=1024, le=65535)
+    worker_group: str = Field(default="costpipe-worker", description="Faust app id / group")
     auth_token: str | None = Field(default=None, repr=False)
     operation_map: dict[str, str] = Field(
         default_factory=dict, description="model or route -> operation, for the proxy"
@@ -268,7 +269,9 @@ def load_settings(
     source = "defaults"
     if chosen is not None:
         if not chosen.exists():
-            raise SettingsError(f"config file {chosen} does not exist (set {CONFIG_ENV} or --config)")
+            raise SettingsError(
+                f"config file {chosen} does not exist (set {CONFIG_ENV} or --config)"
+            )
         try:
             file_values = tomllib.loads(chosen.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:

@@ -77,7 +77,7 @@ def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
 class WindowMerger:
     """Stage 2: merges partial messages; returns closed window rows (WINDOW_AGGREGATE)."""
 
-    def __init__(self, settings: Settings, store: MutableMapping[str, bytes]) -> None:
+    def __init__(self, settings: Settings, store: MutableMapping[str, Any]) -> None:
         self.window_us = settings.windows.seconds * _US
         self.lateness_us = settings.windows.allowed_lateness_seconds * _US
         self.store = store
@@ -88,7 +88,7 @@ class WindowMerger:
             self._open = defaultdict(set)
             for key in list(self.store.keys()):
                 if key.startswith("k|"):
-                    entry = json.loads(self.store[key])
+                    entry = _load(self.store[key])
                     if not entry.get("closed"):
                         self._open[int(key.split("|")[1])].add(key)
         return self._open
@@ -96,7 +96,7 @@ class WindowMerger:
     @property
     def watermark(self) -> int | None:
         raw = self.store.get("m|watermark")
-        return None if raw is None else int(raw)
+        return None if raw is None else int(raw)  # stored as a decimal string
 
     def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None) -> pa.Table:
         """Apply one partial message; returns late-delta rows plus newly closed windows."""
@@ -105,7 +105,7 @@ class WindowMerger:
         for i in range(part.num_rows):  # one row per (window, key) of the batch: small
             key = "k|" + "|".join(str(columns[c][i]) for c in KEY_COLUMNS)
             raw = self.store.get(key)
-            entry = json.loads(raw) if raw is not None else _new_entry()
+            entry = _load(raw) if raw is not None else _new_entry()
             if entry["applied"].get(source, -1) >= offset:
                 continue  # replay of something already merged
             delta = {c: int(columns[c][i] or 0) for c in SUMS}
@@ -122,11 +122,11 @@ class WindowMerger:
                                   list(sk), list(sk.values()))
             entry["sketch"] = {str(k): v for k, v in merged.items()}
             entry["applied"][source] = offset
-            self.store[key] = json.dumps(entry).encode()
+            self.store[key] = entry
             if not entry["closed"]:
                 self._index()[int(columns["window_start"][i])].add(key)
         if watermark_us is not None and watermark_us > (self.watermark or -1):
-            self.store["m|watermark"] = str(watermark_us).encode()
+            self.store["m|watermark"] = str(watermark_us)
         closed = self.close_ready()
         if late_rows:
             late = _to_table(late_rows, self.window_us)
@@ -142,15 +142,22 @@ class WindowMerger:
         rows: list[dict[str, Any]] = []
         for window in ready:
             keys = sorted(index.pop(window))
-            entries = {k: json.loads(self.store[k]) for k in keys}
+            entries = {k: _load(self.store[k]) for k in keys}
             rows.extend(_share([
                 _row(k, e["sums"], {int(b): c for b, c in e["sketch"].items()}, 0)
                 for k, e in entries.items()
             ]))
             for k, e in entries.items():
                 e["closed"] = True
-                self.store[k] = json.dumps(e).encode()
+                self.store[k] = e
         return _to_table(rows, self.window_us) if rows else WINDOW_AGGREGATE.empty_table()
+
+
+def _load(raw: Any) -> dict[str, Any]:
+    """A fresh copy of a stored entry (JSON-native dict; text/bytes from older states)."""
+    if isinstance(raw, bytes | str):
+        return json.loads(raw)
+    return json.loads(json.dumps(raw))
 
 
 def _new_entry() -> dict[str, Any]:

@@ -19,6 +19,7 @@ message overwrites the same key (idempotent), and duplicates by request_id are d
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import defaultdict
 from collections.abc import MutableMapping
@@ -44,6 +45,7 @@ COSTED = Counter("costpipe_cost_records_total", "Cost records emitted", ["record
 IDLE_OPERATION = "_gpu_idle"
 IDLE_PROVIDER = "gpu"
 _US = 1_000_000
+IDLE_PARTITION_SECONDS = 300  # a requests partition this far behind the GPU samples is idle
 
 
 def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
@@ -94,12 +96,13 @@ def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
 class GpuAllocator:
     """Buffers own-model records and GPU samples per bucket; closes buckets into cost records."""
 
-    def __init__(self, settings: Settings, store: MutableMapping[str, bytes]) -> None:
+    def __init__(self, settings: Settings, store: MutableMapping[str, str]) -> None:
         self.settings = settings
         self.store = store
         self.bucket_us = settings.gpu.bucket_seconds * _US
         self.lateness_us = settings.gpu.allowed_lateness_seconds * _US
         self._index: dict[int, set[str]] | None = None
+        self._wm: dict[str, int] | None = None
 
     # -- state helpers
     def _meta(self, name: str, default: int | None) -> int | None:
@@ -107,7 +110,7 @@ class GpuAllocator:
         return default if raw is None else int(raw)
 
     def _set_meta(self, name: str, value: int) -> None:
-        self.store[f"m|{name}"] = str(value).encode()
+        self.store[f"m|{name}"] = str(value)
 
     def _bucket_index(self) -> dict[int, set[str]]:
         if self._index is None:
@@ -119,10 +122,25 @@ class GpuAllocator:
 
     def _put(self, kind: str, bucket: int, gpu: str, source: str, table: pa.Table) -> None:
         key = f"{kind}|{bucket}|{gpu}|{source}"
-        self.store[key] = encode_arrow(table)
+        self.store[key] = base64.b64encode(encode_arrow(table)).decode()
         self._bucket_index()[bucket].add(key)
 
     # -- input
+    def is_replay(self, source: str) -> bool:
+        """True when `source` ("topic:partition:offset" of the original message) was already
+        applied: a restarted upstream agent re-forwards what it had sent before."""
+        stream, _, offset = source.rpartition(":")
+        if not stream or not offset.isdigit():
+            return False
+        last = self._meta(f"hwm|{stream}", None)
+        return last is not None and int(offset) <= last
+
+    def mark_applied(self, source: str) -> None:
+        """Record `source` as applied; call after its state changes (written last)."""
+        stream, _, offset = source.rpartition(":")
+        if stream and offset.isdigit():
+            self._set_meta(f"hwm|{stream}", int(offset))
+
     def add_requests(self, pending: pa.Table, source: str) -> pa.Table:
         """Buffer pending own-model records; returns the late ones (correction records)."""
         if pending.num_rows == 0:
@@ -140,7 +158,6 @@ class GpuAllocator:
         for b, g in zip(groups["_b"].to_pylist(), groups["_g"].to_pylist(), strict=True):
             sel = pc.and_(pc.equal(keyed.column("_b"), b), pc.equal(keyed.column("_g"), g))
             self._put("r", b, g, source, on_time.filter(sel))
-        self._advance(pc.max(on_time.column("timestamp").cast(pa.int64())).as_py())
         if late.num_rows:
             LATE_INTERNAL.inc(late.num_rows)
             n = late.num_rows
@@ -168,16 +185,43 @@ class GpuAllocator:
             self._put("s", b, g, source, table.filter(sel))
         self._advance(pc.max(ts).as_py())
 
-    def _advance(self, max_ts: int | None) -> None:
+    def _advance(self, max_ts: int | None, stream: str = "gpu") -> None:
+        """Track the max event time per input stream ("gpu", or a requests partition)."""
         if max_ts is None:
             return
-        if max_ts > (self._meta("watermark", -1) or -1):
-            self._set_meta("watermark", max_ts)
+        marks = self._marks()
+        if max_ts > marks.get(stream, -1):
+            marks[stream] = max_ts
+            self._set_meta(f"wm|{stream}", max_ts)
+
+    def _marks(self) -> dict[str, int]:
+        if self._wm is None:
+            self._wm = {k[5:]: int(v) for k, v in list(self.store.items())
+                        if k.startswith("m|wm|")}
+        return self._wm
+
+    def note_requests(self, max_ts: int | None, stream: str) -> None:
+        """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows)."""
+        self._advance(max_ts, stream)
+
+    def watermark(self) -> int | None:
+        """Min over streams: a bucket closes only when samples AND every requests partition
+        (settings.topics.partitions of them) have passed it, so neither input can race ahead
+        of the other. A partition more than IDLE_PARTITION_SECONDS behind is treated as idle."""
+        marks = self._marks()
+        if "gpu" not in marks:
+            return None
+        requests = {k: v for k, v in marks.items() if k != "gpu"}
+        if len(requests) < self.settings.topics.partitions:
+            return None  # a requests partition not heard from yet could hold older events
+        horizon = marks["gpu"] - IDLE_PARTITION_SECONDS * _US
+        live = [v for v in requests.values() if v >= horizon]  # far behind = idle partition
+        return min([marks["gpu"], *live])
 
     # -- closing
     def close_ready(self) -> pa.Table:
         """Close every bucket whose end + lateness the watermark has passed; cost records."""
-        watermark = self._meta("watermark", None)
+        watermark = self.watermark()
         if watermark is None:
             return COST_RECORD.empty_table()
         index = self._bucket_index()
@@ -194,7 +238,7 @@ class GpuAllocator:
             kind, _, gpu, _ = key.split("|", 3)
             raw = self.store.get(key)
             if raw is not None:
-                by_gpu[gpu][kind].append(pa.ipc.open_stream(raw).read_all())
+                by_gpu[gpu][kind].append(pa.ipc.open_stream(base64.b64decode(raw)).read_all())
         out = []
         for gpu in sorted(by_gpu):
             out.append(self._close_gpu(bucket, gpu, by_gpu[gpu]["r"], by_gpu[gpu]["s"]))
@@ -220,7 +264,7 @@ class GpuAllocator:
         )
         last_counter = s.column("energy_mj")[-1].as_py()
         if last_counter is not None:
-            self.store[prev_key] = str(last_counter).encode()
+            self.store[prev_key] = str(last_counter)
         total = gpu_bucket_cost_pico(energy, self.settings.gpu)
         busy = busy_pico(total, s.column("utilization_pct").to_pylist(), reqs.num_rows > 0)
         if reqs.num_rows:
@@ -270,7 +314,7 @@ def _dedup(table: pa.Table) -> pa.Table:
         return table
     indexed = table.append_column("_i", pa.array(np.arange(table.num_rows)))
     first = indexed.group_by("record_id").aggregate([("_i", "min")]).column("_i_min")
-    return table.take(pc.sort_indices(first))
+    return table.take(np.sort(first.to_numpy()))
 
 
 def _set_status(table: pa.Table, status: str) -> pa.Table:
@@ -283,7 +327,7 @@ def pending_message(table: pa.Table) -> bytes:
 
 
 def meta_json(allocator: GpuAllocator) -> str:
-    return json.dumps({"watermark": allocator._meta("watermark", None),
+    return json.dumps({"watermark": allocator.watermark(),
                        "closed_through": allocator._meta("closed_through", None)})
 
 

@@ -18,9 +18,11 @@ from tests.streams_support.workload import make_workload
 
 
 def _settings() -> Settings:
-    return Settings.model_validate({"windows": {"seconds": 60, "allowed_lateness_seconds": 20},
-                                    "gpu": {"bucket_seconds": 10,
-                                            "allowed_lateness_seconds": 5}})
+    return Settings.model_validate({
+        "topics": {"partitions": 1},
+        "windows": {"seconds": 60, "allowed_lateness_seconds": 20},
+        "gpu": {"bucket_seconds": 10, "allowed_lateness_seconds": 5},
+    })
 
 
 def _run(settings: Settings, replay: bool = False):
@@ -43,10 +45,12 @@ def _run(settings: Settings, replay: bool = False):
         merge(external, "requests:0", offset)
         offset += 1
         late = allocator.add_requests(pending, f"w{offset}")
+        allocator.note_requests(pc.max(req.column("timestamp").cast(pa.int64())).as_py(), "r0")
         allocator.add_samples(smp, f"w{offset}")
         closed = pa.concat_tables([conform(late), allocator.close_ready()])
         costs.append(closed)
         merge(closed, "gpuwork:0", offset)
+    allocator.note_requests(2**62, "r0")  # requests stream finished
     for smp in work.samples[len(work.requests):]:
         offset += 1
         allocator.add_samples(smp, f"w{offset}")
@@ -82,6 +86,8 @@ def test_totals_reconcile_exactly() -> None:
     in_closed = pc.is_in(ts_window, pa.array(closed_windows, windows.column("window_start").type))
     assert pc.sum(windows.column("cost")).as_py() == pc.sum(
         costs.filter(in_closed).column("cost")).as_py()
+    assert pc.sum(pc.equal(costs.column("record_type"), "correction")).as_py() == 0
+    assert pc.sum(pc.equal(costs.column("pricing_status"), "gpu_allocated")).as_py() > 1000
     # request rows are all present exactly once
     requests = costs.filter(pc.not_equal(costs.column("record_type"), "idle"))
     assert pc.count_distinct(requests.column("record_id")).as_py() == requests.num_rows
@@ -93,3 +99,12 @@ def test_replayed_partials_do_not_double_count() -> None:
     _, _, twice, _, _ = _run(settings, replay=True)
     assert pc.sum(once.column("cost")).as_py() == pc.sum(twice.column("cost")).as_py()
     assert pc.sum(once.column("requests")).as_py() == pc.sum(twice.column("requests")).as_py()
+
+
+def test_dedup_keeps_first_row_per_record_id() -> None:
+    from streams.costing import _dedup
+
+    table = pa.table({"record_id": ["b", "a", "b", "c", "a"], "v": [1, 2, 3, 4, 5]})
+    out = _dedup(table)
+    assert out.column("record_id").to_pylist() == ["b", "a", "c"]
+    assert out.column("v").to_pylist() == [1, 2, 4]

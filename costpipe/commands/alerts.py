@@ -1,0 +1,61 @@
+"""`costpipe alerts tail`: show alerts as they fire (rich table, plain confluent consumer)."""
+
+from __future__ import annotations
+
+import uuid
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    alerts = typer.Typer(help="Cost alerts: spikes, budgets, dependency-share regressions.")
+    app.add_typer(alerts, name="alerts")
+
+    @alerts.command()
+    def tail(
+        from_beginning: bool = typer.Option(False, "--from-beginning",
+                                            help="Show past alerts too, not only new ones"),
+        limit: int = typer.Option(0, "--limit", min=0, help="Stop after N alerts (0 = never)"),
+        idle_exit: float = typer.Option(0, "--idle-exit", min=0,
+                                        help="Stop after this many quiet seconds (0 = never)"),
+    ) -> None:
+        """Follow the alerts topic and print each alert as a table row."""
+        import time
+
+        from confluent_kafka import Consumer
+        from rich.console import Console
+        from rich.table import Table
+
+        from costpipe.kafka_config import confluent_consumer
+        from costpipe.settings import get_settings
+        from schemas.codec import decode
+        from schemas.records import ALERT
+
+        settings = get_settings()
+        consumer = Consumer(confluent_consumer(
+            settings, f"costpipe-alerts-tail-{uuid.uuid4().hex[:8]}",
+            **{"auto.offset.reset": "earliest" if from_beginning else "latest"}))
+        consumer.subscribe([settings.topics.alerts])
+        console = Console()
+        shown, quiet_since = 0, time.monotonic()
+        try:
+            while not (limit and shown >= limit):
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    if idle_exit and time.monotonic() - quiet_since > idle_exit:
+                        break
+                    continue
+                quiet_since = time.monotonic()
+                batch = decode(msg.value(), msg.headers(), ALERT).batch
+                table = Table("time", "rule", "severity", "key", "observed", "threshold",
+                              "message", show_header=shown == 0)
+                for row in batch.to_pylist():
+                    table.add_row(f"{row['window_start']:%Y-%m-%d %H:%M}", row["rule"],
+                                  row["severity"], row["key"], f"{row['observed']:.4g}",
+                                  f"{row['threshold']:.4g}", row["message"])
+                    shown += 1
+                console.print(table)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            consumer.close()

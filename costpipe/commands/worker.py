@@ -1,0 +1,58 @@
+"""`costpipe worker`: run the stream processors (one Faust worker; start more to scale out)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def worker(
+        workdir: Path = typer.Option(None, "--workdir",
+                                     help="Folder for Faust's data (default: <state_dir>/worker)"),
+        web_port: int = typer.Option(None, "--web-port", min=1024, max=65535,
+                                     help="Faust web endpoint port on 127.0.0.1"),
+        metrics_port: int = typer.Option(None, "--metrics-port", min=0, max=65535,
+                                         help="Prometheus /metrics port (0 = off)"),
+        loglevel: str = typer.Option("warning", "--loglevel",
+                                     help="debug | info | warning | error"),
+    ) -> None:
+        """Start a worker: costing, GPU allocation, windows, alerts, dead letters, lake sink.
+
+        Workers with the same settings form one consumer group and share the partitions.
+        """
+        if web_port is not None:
+            os.environ["COSTPIPE_SERVERS__WORKER_WEB_PORT"] = str(web_port)
+        from costpipe.settings import get_settings
+
+        settings = get_settings()
+        folder = workdir or settings.state_dir / "worker"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot create {folder}: {exc.strerror}",
+                                     param_hint="--workdir") from None
+        port = settings.servers.metrics_port if metrics_port is None else metrics_port
+        if port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(port, addr=settings.servers.metrics_host)
+            except OSError as exc:
+                typer.secho(f"costpipe worker: metrics port {port} unavailable ({exc.strerror});"
+                            " use --metrics-port", err=True, fg=typer.colors.YELLOW)
+        import streams.agents
+        from streams.app import app as faust_app
+
+        if importlib.util.find_spec("streams.lake_sink") is not None:
+            import streams.lake_sink  # noqa: F401
+        faust_app.conf.datadir = str(folder)
+        faust_app.main_argv = None
+        faust_app.worker_init()
+        from faust.worker import Worker
+
+        Worker(faust_app, loglevel=loglevel.upper(), quiet=True).execute_from_commandline()

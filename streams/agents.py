@@ -1,0 +1,173 @@
+"""Faust agents wiring the pure stages together (one job each, all batch-at-a-time).
+
+requests --costing--> costs (external rows) + partials + gpuwork (own-model rows)
+gpu --gpu_forward--> gpuwork (keeps samples and own-model requests in one order)
+gpuwork --allocator--> costs (allocated, idle, correction rows) + partials
+partials --merger--> windows --alerting--> alerts (+ log, webhook)
+Anything undecodable or invalid --> deadletter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from costpipe.settings import get_settings
+from schemas.codec import ARROW, decode, encode_arrow, header_value, headers_for
+from schemas.records import GPU_SAMPLE, REQUEST_EVENT
+from streams.aggregation import WindowMerger, partials
+from streams.alerts import AlertEngine, alerts_table, post_webhook
+from streams.app import app, raw_topic
+from streams.costing import GpuAllocator, conform, cost_records
+from streams.deadletter import dead_letter_message, dead_letters
+
+log = logging.getLogger("costpipe.streams")
+settings = get_settings()
+topics = settings.topics
+
+requests_topic = raw_topic(topics.requests)
+gpu_topic = raw_topic(topics.gpu)
+costs_topic = raw_topic(topics.costs)
+partials_topic = raw_topic(topics.partials, partitions=1)
+gpuwork_topic = raw_topic(topics.gpuwork, partitions=1)
+windows_topic = raw_topic(topics.windows)
+alerts_topic = raw_topic(topics.alerts)
+deadletter_topic = raw_topic(topics.deadletter)
+
+# JSON both ways: Faust's changelog recovery decodes values as JSON whatever the schema says,
+# so state values are JSON-native (dicts, strings), never raw bytes.
+_STATE = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+allocator_table = app.Table("gpu-allocator", default=None, schema=_STATE, partitions=1)
+merger_table = app.Table("window-merger", default=None, schema=_STATE, partitions=1)
+
+SOURCE_HEADER = "costpipe-source"
+OFFSET_HEADER = "costpipe-source-offset"
+WATERMARK_HEADER = "costpipe-watermark"
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _raw_rows(value: bytes | None) -> pa.RecordBatch | None:
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(value)).read_all().combine_chunks().to_batches()[0]
+    except Exception:  # only used to render rejected rows readably
+        return None
+
+
+async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatch | None:
+    message = event.message
+    decoded = decode(event.value, event.headers, schema)
+    letters = dead_letters(decoded, event.value, _raw_rows(event.value)
+                           if any(r.row is not None for r in decoded.rejections) else None,
+                           message.topic, message.partition, message.offset)
+    if letters is not None:
+        value, headers = dead_letter_message(letters)
+        await deadletter_topic.send(key=message.topic.encode(), value=value, headers=headers)
+        log.warning("dead-lettered %d problem(s) from %s[%d]@%d: %s", letters.num_rows,
+                    message.topic, message.partition, message.offset, decoded.rejections[0])
+    return decoded.batch if decoded.batch.num_rows else None
+
+
+async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int | None) -> None:
+    if table.num_rows == 0:
+        return
+    table = conform(table)
+    await costs_topic.send(key=source.encode(), value=encode_arrow(table),
+                           headers=headers_for(ARROW, "cost_record"))
+    headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
+               (OFFSET_HEADER, str(offset).encode())]
+    if watermark is not None:
+        headers.append((WATERMARK_HEADER, str(watermark).encode()))
+    await partials_topic.send(key=source.encode(),
+                              value=encode_arrow(partials(table, settings.windows.seconds)),
+                              headers=headers)
+
+
+@app.agent(requests_topic, concurrency=1)
+async def costing(stream: Any) -> None:
+    async for event in stream.events():
+        batch = await _decode_or_dead_letter(event, REQUEST_EVENT)
+        if batch is None:
+            continue
+        msg = event.message
+        source = f"{msg.topic}:{msg.partition}"
+        external, pending = cost_records(batch, settings, msg.partition, msg.offset)
+        watermark = pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
+        await _emit_costs(external, source, msg.offset, watermark)
+        # Always sent (maybe with no rows): it carries this partition's watermark.
+        await gpuwork_topic.send(
+            key=b"gpu", value=encode_arrow(conform(pending)),
+            headers=[*headers_for(ARROW, "pending_cost"),
+                     (SOURCE_HEADER, f"{source}:{msg.offset}".encode()),
+                     (WATERMARK_HEADER, str(watermark).encode())])
+
+
+@app.agent(gpu_topic, concurrency=1)
+async def gpu_forward(stream: Any) -> None:
+    async for event in stream.events():
+        batch = await _decode_or_dead_letter(event, GPU_SAMPLE)
+        if batch is not None:
+            msg = event.message
+            await gpuwork_topic.send(
+                key=b"gpu", value=encode_arrow(batch),
+                headers=[*headers_for(ARROW, "gpu_sample"),
+                         (SOURCE_HEADER, f"{msg.topic}:{msg.partition}:{msg.offset}".encode())])
+
+
+@app.agent(gpuwork_topic, concurrency=1)
+async def allocator(stream: Any) -> None:
+    gpu = GpuAllocator(settings, allocator_table)
+    async for event in stream.events():
+        msg = event.message
+        record = header_value(event.headers, "costpipe-record")
+        chunk = header_value(event.headers, SOURCE_HEADER) or f"gpuwork:{msg.offset}"
+        if gpu.is_replay(chunk):
+            continue  # re-forwarded after an upstream restart: already buffered or closed
+        table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        late = None
+        if record == "gpu_sample":
+            gpu.add_samples(table, chunk)
+        else:
+            late = gpu.add_requests(conform(table), chunk)
+            wm = header_value(event.headers, WATERMARK_HEADER)
+            gpu.note_requests(int(wm) if wm else None, chunk.rsplit(":", 1)[0])
+        out = gpu.close_ready()
+        if late is not None and late.num_rows:
+            out = pa.concat_tables([conform(late), out])
+        await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
+        gpu.mark_applied(chunk)
+
+
+@app.agent(partials_topic, concurrency=1)
+async def merger(stream: Any) -> None:
+    merge = WindowMerger(settings, merger_table)
+    async for event in stream.events():
+        source = header_value(event.headers, SOURCE_HEADER) or "unknown"
+        offset = int(header_value(event.headers, OFFSET_HEADER) or event.message.offset)
+        wm_text = header_value(event.headers, WATERMARK_HEADER)
+        part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None)
+        if closed.num_rows:
+            await windows_topic.send(key=b"windows", value=encode_arrow(closed),
+                                     headers=headers_for(ARROW, "window_aggregate"))
+
+
+@app.agent(windows_topic, concurrency=1)
+async def alerting(stream: Any) -> None:
+    engine = AlertEngine(settings)
+    async for event in stream.events():
+        windows = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        fired = engine.on_windows(windows)
+        if not fired:
+            continue
+        await alerts_topic.send(key=b"alerts", value=encode_arrow(alerts_table(fired)),
+                                headers=headers_for(ARROW, "alert"))
+        if settings.alerts.webhook_url:
+            for alert in fired:
+                task = asyncio.ensure_future(post_webhook(settings.alerts.webhook_url, alert))
+                _background.add(task)
+                task.add_done_callback(_background.discard)

@@ -1,0 +1,165 @@
+"""Cost alerts from closed windows: statistical spikes, absolute budgets, dependency share.
+
+- spike: per key (operation/provider/model) an EWMA of window cost and of its variance; after
+  `warmup_windows` windows a window fires when cost > mean + k*sigma AND cost - mean >=
+  spike_min_dollars. The baseline is updated after the check (a spike does not hide itself).
+- budget_hour / budget_day: external spend in the current UTC hour/day above the budget.
+- dependency_share: the window's external share of cost above 1 - target_internal_share.
+Each alert has a deterministic id (rule + key + period), a cooldown per (rule, key), and is
+de-duplicated by id, so replays and repeated windows never fire twice.
+The webhook (Slack-compatible `{"text": ...}`) runs in a background task with retries and
+backoff; it never blocks the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+from prometheus_client import Counter
+
+from costpipe.settings import Settings
+from schemas.records import ALERT
+
+log = logging.getLogger("costpipe.alerts")
+ALERTS = Counter("costpipe_alerts_total", "Alerts fired", ["rule"])
+
+
+@dataclass
+class Ewma:
+    """Exponentially weighted mean and variance (West's incremental form)."""
+
+    alpha: float
+    mean: float = 0.0
+    var: float = 0.0
+    count: int = 0
+
+    def update(self, x: float) -> None:
+        if self.count == 0:
+            self.mean, self.var = x, 0.0
+        else:
+            diff = x - self.mean
+            incr = self.alpha * diff
+            self.mean += incr
+            self.var = (1 - self.alpha) * (self.var + diff * incr)
+        self.count += 1
+
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(max(self.var, 0.0))
+
+
+@dataclass
+class AlertEngine:
+    settings: Settings
+    baselines: dict[str, Ewma] = field(default_factory=dict)
+    last_fired: dict[tuple[str, str], float] = field(default_factory=dict)
+    seen_ids: set[str] = field(default_factory=set)
+    spend: dict[str, Decimal] = field(default_factory=dict)  # "h:<hour>" / "d:<day>" -> $
+    seen_windows: set[tuple[Any, ...]] = field(default_factory=set)
+
+    def on_windows(self, windows: pa.Table) -> list[dict[str, Any]]:
+        """Evaluate every rule on a set of closed window rows; returns new alerts."""
+        cfg = self.settings.alerts
+        alerts: list[dict[str, Any]] = []
+        rows = sorted(windows.to_pylist(), key=lambda r: (r["window_start"], r["operation"],
+                                                          r["provider"], r["model"]))
+        shares: dict[dt.datetime, float | None] = {}
+        for row in rows:
+            ident = (row["window_start"], row["operation"], row["provider_kind"],
+                     row["provider"], row["model"], row.get("revision") or 0)
+            if ident in self.seen_windows:
+                continue  # a re-emitted window after a restart
+            self.seen_windows.add(ident)
+            start = row["window_start"]
+            key = f"{row['operation']}/{row['provider']}/{row['model']}"
+            cost = float(row["cost"])
+            if (row.get("revision") or 0) == 0 and row["operation"] != "_gpu_idle":
+                base = self.baselines.setdefault(key, Ewma(cfg.ewma_alpha))
+                if base.count >= cfg.warmup_windows:
+                    threshold = max(base.mean + cfg.spike_sigma * base.sigma,
+                                    base.mean + float(cfg.spike_min_dollars))
+                    if cost > threshold:
+                        alerts += self._fire("spike", key, start, cost, threshold,
+                                             f"cost ${cost:.4f} in window vs baseline "
+                                             f"${base.mean:.4f} (k={cfg.spike_sigma})")
+                base.update(cost)
+            shares[start] = row.get("external_share_cost")
+            if row["provider_kind"] == "external":
+                alerts += self._budgets(start, row["cost"])
+        limit = 1 - self.settings.target_internal_share
+        for start, share in shares.items():
+            if share is not None and share > limit and limit < 1:
+                alerts += self._fire("dependency_share", "all", start, share, limit,
+                                     f"external share of cost {share:.1%} above target "
+                                     f"{limit:.1%}")
+        return alerts
+
+    def _budgets(self, start: dt.datetime, cost: Decimal) -> list[dict[str, Any]]:
+        cfg = self.settings.alerts
+        out: list[dict[str, Any]] = []
+        for rule, budget, period in (
+            ("budget_hour", cfg.external_budget_per_hour, start.strftime("%Y-%m-%dT%H")),
+            ("budget_day", cfg.external_budget_per_day, start.strftime("%Y-%m-%d")),
+        ):
+            slot = f"{rule}:{period}"
+            self.spend[slot] = self.spend.get(slot, Decimal(0)) + cost
+            if budget is not None and self.spend[slot] > budget:
+                out += self._fire(rule, period, start, float(self.spend[slot]), float(budget),
+                                  f"external spend ${self.spend[slot]:.2f} over budget "
+                                  f"${budget} for {period}", period_id=period)
+        return out
+
+    def _fire(self, rule: str, key: str, start: dt.datetime, observed: float, threshold: float,
+              message: str, period_id: str | None = None) -> list[dict[str, Any]]:
+        period = period_id or start.isoformat()
+        alert_id = hashlib.sha1(f"{rule}|{key}|{period}".encode()).hexdigest()[:20]
+        if alert_id in self.seen_ids:
+            return []
+        at = start.timestamp()
+        last = self.last_fired.get((rule, key))
+        if last is not None and at - last < self.settings.alerts.cooldown_seconds:
+            return []
+        self.seen_ids.add(alert_id)
+        self.last_fired[(rule, key)] = at
+        ALERTS.labels(rule).inc()
+        severity = "critical" if rule.startswith("budget") else "warning"
+        log.warning("ALERT %s %s: %s", rule, key, message)
+        return [{"alert_id": alert_id, "timestamp": dt.datetime.now(dt.UTC), "rule": rule,
+                 "severity": severity, "key": key, "window_start": start,
+                 "observed": float(observed), "threshold": float(threshold),
+                 "message": message}]
+
+
+def alerts_table(alerts: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(alerts, schema=ALERT)
+
+
+async def post_webhook(url: str, alert: dict[str, Any], attempts: int = 5) -> bool:
+    """POST `{"text": ...}` with exponential backoff; False after the last failed attempt."""
+    import aiohttp
+
+    text = f"[{alert['severity']}] {alert['rule']} {alert['key']}: {alert['message']}"
+    delay = 0.5
+    for attempt in range(attempts):
+        try:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with (aiohttp.ClientSession(timeout=timeout) as session,
+                        session.post(url, json={"text": text}) as response):
+                if response.status < 300:
+                    return True
+                if 400 <= response.status < 500 and response.status != 429:
+                    log.error("webhook refused alert (HTTP %s)", response.status)
+                    return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("webhook attempt %d failed: %s", attempt + 1, exc)
+        await asyncio.sleep(delay)
+        delay *= 2
+    return False

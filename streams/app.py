@@ -1,0 +1,46 @@
+"""The one Faust app of costpipe: configured from settings, agents register on import.
+
+`app` is module level (Faust's convention; `streams.lake_sink` and `streams.agents` import it).
+Store is memory + changelog topics (rocksdb is optional and not needed for our small state).
+Agents keep concurrency 1 (faust-streaming #606) and read raw bytes: payloads are Arrow IPC
+envelopes decoded with `schemas.codec`, headers come from `event.headers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from costpipe.kafka_config import faust_broker_options
+from costpipe.settings import Settings, get_settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.servers.worker_group,
+        **faust_broker_options(settings),
+        store="memory://",
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=1,
+        web_host="127.0.0.1",
+        web_port=settings.servers.worker_web_port,
+        web_bind="127.0.0.1",
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=10 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        broker_commit_every=200,
+        broker_session_timeout=10.0,  # a SIGKILLed worker's partitions move on within ~10 s
+        broker_heartbeat_interval=3.0,
+        broker_commit_interval=1.0,
+        autodiscover=False,
+    )
+
+
+def raw_topic(name: str, partitions: int | None = None) -> Any:
+    """A topic of raw bytes (keys and values): we decode envelopes ourselves."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=partitions)
+
+
+app = create_app(get_settings())
