@@ -1,7 +1,7 @@
 """Peer: a plain Faust agent handling one JSON event per Kafka message, per-key tumbling sum.
 
 Prints one JSON line when it has seen the expected number of events, then exits.
-Run: python -m bench.peers.faust_per_event <bootstrap> <topic> <expected> worker -l warning
+Run: python -m bench.peers.faust_per_event <bootstrap> <topic> <expected> worker -l warn
 """
 
 from __future__ import annotations

@@ -1,0 +1,243 @@
+"""End-to-end throughput: simulator -> Kafka -> costing -> aggregation -> Parquet, one worker.
+
+One run, on fresh topics: the simulator fills the requests/GPU topics (Arrow envelopes) and the
+same request events go, one JSON message each keyed `operation|provider|model`, to a second
+topic. Then, one after another on that data:
+- costpipe: one `costpipe worker`; time from the first cost record it produces (its Kafka
+  timestamp, i.e. right after the first consumed batch) until the lake holds a request cost
+  record for every simulated request (external ones at once, own-model ones when their GPU
+  bucket closes; a sparse tail, one message per second and partition, closes the last);
+- limit: raw confluent-kafka consume of the requests topic;
+- Quix Streams per-event JSON tumbling-window sum (bench/.venv-quix);
+- plain per-event Faust agent doing the same.
+Per-event peers read a prefix of the JSON topic (`--quix-events`, `--faust-events`) so a run
+finishes in minutes; their rates are per event, so the ratio is fair.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_e2e.py [--requests N]
+Last line: JSON with events_per_s for costpipe, limit, quix, faust and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import polars as pl
+import pyarrow as pa
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.common import (
+    PY,
+    ROOT,
+    LakeCounter,
+    Run,
+    create_topics,
+    emit,
+    fresh_run,
+    run_json,
+    start_worker,
+    stop,
+)
+from collectors.heartbeat import send_watermark
+from collectors.producer import producer_for
+from collectors.simulator import simulate
+from costpipe.kafka_config import confluent_consumer, confluent_producer
+from schemas.codec import ARROW, encode_arrow, headers_for
+
+QUIX_PY = ROOT / "bench" / ".venv-quix" / "bin" / "python"
+
+
+def fill(run: Run, rate: int, duration_s: int, json_topic: str) -> tuple[int, int, int]:
+    """Simulate into Kafka; mirror requests as per-event JSON. Returns (requests, end_us, msgs)."""
+    tables: list[pa.Table] = []
+    requests = producer_for(run.settings, "requests")
+
+    def sink(table: pa.Table) -> None:
+        tables.append(table)
+        requests.emit_batch(table)
+
+    summary = simulate(run.settings, rate=rate, duration_s=duration_s, seed=1, gpus=16,
+                       as_fast_as_possible=True, request_sink=sink, flush_timeout_s=300)
+    requests.flush(300)
+    end_us = int(summary.end.timestamp() * 1_000_000)
+    gpu = run.settings.gpu
+    tail_ticks(run, summary.end, gpu.bucket_seconds + gpu.allowed_lateness_seconds + 15)
+    frame = pl.from_arrow(pa.concat_tables(tables)).with_columns(
+        pl.col(pl.Datetime).dt.epoch("us"),
+        pl.col("input_tokens").fill_null(0), pl.col("output_tokens").fill_null(0))
+    keys = frame.select(pl.concat_str(["operation", "provider", "model"], separator="|")
+                        .fill_null("")).to_series().to_list()
+    lines = frame.write_ndjson().encode().splitlines()
+    producer = Producer(confluent_producer(run.settings, **{"linger.ms": 50,
+                                                           "queue.buffering.max.messages":
+                                                           1_000_000}))
+    for key, line in zip(keys, lines, strict=True):
+        while True:
+            try:
+                producer.produce(json_topic, line, key.encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    messages = count_messages(run, run.settings.topics.requests)
+    return summary.requests, end_us, messages
+
+
+def tail_ticks(run: Run, after: dt.datetime, seconds: int) -> None:
+    """A sparse tail after the run's end, one message per simulated second and partition.
+
+    Advances event time on every requests partition and on the GPU stream one second per
+    message, so the worker closes GPU buckets one at a time (closing every open bucket at once
+    can make one cost message above the 10 MB request limit). Also sends the watermark
+    heartbeat, for agents that honour it.
+    """
+    producer = Producer(confluent_producer(run.settings))
+    topics = run.settings.topics
+
+    def request_sink(table: pa.Table) -> None:
+        payload = encode_arrow(table)
+        for partition in range(topics.partitions):
+            producer.produce(topics.requests, payload, partition=partition,
+                             headers=headers_for(ARROW, "request_event"))
+
+    def gpu_sink(table: pa.Table) -> None:
+        producer.produce(topics.gpu, encode_arrow(table), b"tail",
+                         headers=headers_for(ARROW, "gpu_sample"))
+
+    simulate(run.settings, rate=2, duration_s=seconds, seed=2, gpus=16, start=after,
+             as_fast_as_possible=True, request_sink=request_sink, gpu_sink=gpu_sink)
+    producer.flush(60)
+    send_watermark(run.settings, after + dt.timedelta(seconds=seconds))
+
+
+def count_messages(run: Run, topic: str) -> int:
+    consumer = Consumer(confluent_consumer(run.settings, group_id=f"bench-count-{run.suffix}"))
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        total = 0
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def first_timestamp_s(run: Run, topic: str) -> float:
+    """Earliest Kafka timestamp (s) on a topic: when the worker produced its first record."""
+    consumer = Consumer(confluent_consumer(run.settings, group_id=f"bench-first-{run.suffix}"))
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        first: list[float] = []
+        deadline = time.monotonic() + 20
+        wanted = len(meta.partitions)
+        seen: set[int] = set()
+        while time.monotonic() < deadline and len(seen) < wanted:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                if msg is None and first:
+                    break
+                continue
+            if msg.partition() not in seen:
+                seen.add(msg.partition())
+                first.append(msg.timestamp()[1] / 1000)
+        return min(first)
+    finally:
+        consumer.close()
+
+
+def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[str, float]:
+    counter = LakeCounter(run.lake, before_us=end_us)
+    worker = start_worker(run)
+    try:
+        deadline = time.monotonic() + timeout
+        done_at = None
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                log = (run.folder / "worker.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"worker exited rc={worker.returncode}: {log}")
+            if counter.count() >= expected:
+                done_at = time.time()
+                break
+            time.sleep(0.1)
+        if done_at is None:
+            raise RuntimeError(f"lake holds {counter.count():,}/{expected:,} request cost "
+                               f"records after {timeout:.0f} s (see {run.folder}/worker.log)")
+    finally:
+        stop(worker)
+    started = first_timestamp_s(run, run.settings.topics.costs)
+    seconds = done_at - started
+    return {"events": expected, "seconds": seconds, "events_per_s": expected / seconds}
+
+
+def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
+            timeout: float) -> dict[str, float]:
+    run = fresh_run({"COSTPIPE_LAKE__FLUSH_SECONDS": "1",
+                     })
+    json_topic = f"bench.json.{run.suffix}.v1"
+    create_topics(run, {json_topic: run.settings.topics.partitions})
+    print(f"  run {run.suffix}: filling topics ...", file=sys.stderr, flush=True)
+    requests, end_us, messages = fill(run, rate, duration_s, json_topic)
+    boot = run.settings.bootstrap_servers
+    print(f"  {requests:,} requests in {messages:,} Arrow messages; costpipe worker ...",
+          file=sys.stderr, flush=True)
+    cp = run_costpipe(run, requests, end_us, timeout)
+    print(f"  costpipe {cp['events_per_s']:,.0f} events/s; limit ...", file=sys.stderr,
+          flush=True)
+    raw = run_json([PY, "bench/peers/raw_consume.py", boot, run.settings.topics.requests,
+                    str(messages)])
+    limit = requests / raw["seconds"]
+    raw_json = run_json([PY, "bench/peers/raw_consume.py", boot, json_topic, str(requests)])
+    print("  quix peer ...", file=sys.stderr, flush=True)
+    quix_n = min(requests, quix_events)
+    quix = run_json([str(QUIX_PY), "bench/peers/quix_window_sum.py", boot, json_topic,
+                     str(quix_n)])
+    print("  faust peer ...", file=sys.stderr, flush=True)
+    faust_n = min(requests, faust_events)
+    env = {**os.environ, "BENCH_PARTITIONS": str(run.settings.topics.partitions)}
+    faust = run_json([PY, "bench/peers/faust_per_event.py", boot, json_topic, str(faust_n),
+                      "worker", "-l", "warn"], env=env)
+    out = {
+        "requests": requests, "arrow_messages": messages,
+        "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],
+        "limit_events_per_s": limit, "limit_json_events_per_s": raw_json["messages_per_s"],
+        "quix_events_per_s": quix["events_per_s"],
+        "faust_events_per_s": faust["events_per_s"],
+        "costpipe_over_limit": cp["events_per_s"] / limit,
+        "costpipe_over_quix": cp["events_per_s"] / quix["events_per_s"],
+        "costpipe_over_faust": cp["events_per_s"] / faust["events_per_s"],
+        "quix_events": quix_n, "faust_events": faust_n,
+    }
+    subprocess.run(["rm", "-rf", str(run.folder)], check=False)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=5_000,
+                        help="simulated requests per event-time second (sent as fast as "
+                             "possible; keeps one 10 s GPU bucket's cost message < 10 MB)")
+    parser.add_argument("--duration", type=int, default=100,
+                        help="simulated seconds")
+    parser.add_argument("--quix-events", type=int, default=200_000)
+    parser.add_argument("--faust-events", type=int, default=20_000)
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    result = one_run(args.rate, args.duration, args.quix_events, args.faust_events,
+                     args.timeout)
+    print(f"costpipe {result['costpipe_events_per_s']:,.0f} ev/s | limit "
+          f"{result['limit_events_per_s']:,.0f} | quix {result['quix_events_per_s']:,.0f} | "
+          f"faust {result['faust_events_per_s']:,.0f}", file=sys.stderr)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
