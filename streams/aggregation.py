@@ -66,10 +66,10 @@ def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
         "shadow_pico": pa.array(money_to_pico(costs.column("shadow_cost"))),
         "sk": pa.array(sketch.bucket_index(latency)),
     })
-    fine = table.group_by([*KEY_COLUMNS, "sk"]).aggregate(
+    fine = table.group_by([*KEY_COLUMNS, "sk"], use_threads=False).aggregate(
         [(c, "sum") for c in SUMS] + [("sk", "count")])
     fine = fine.rename_columns([c.removesuffix("_sum") for c in fine.column_names])
-    out = fine.group_by(list(KEY_COLUMNS)).aggregate(
+    out = fine.group_by(list(KEY_COLUMNS), use_threads=False).aggregate(
         [(c, "sum") for c in SUMS] + [("sk", "list"), ("sk_count", "list")])
     return out.rename_columns([c.removesuffix("_sum") for c in out.column_names])
 

@@ -154,7 +154,7 @@ class GpuAllocator:
         gpu = pc.fill_null(on_time.column("gpu_uuid"), "")
         keyed = on_time.append_column("_b", on_time.column("bucket_start").cast(pa.int64()))
         keyed = keyed.append_column("_g", gpu)
-        groups = keyed.group_by(["_b", "_g"]).aggregate([])
+        groups = keyed.group_by(["_b", "_g"], use_threads=False).aggregate([])
         for b, g in zip(groups["_b"].to_pylist(), groups["_g"].to_pylist(), strict=True):
             sel = pc.and_(pc.equal(keyed.column("_b"), b), pc.equal(keyed.column("_g"), g))
             self._put("r", b, g, source, on_time.filter(sel))
@@ -177,7 +177,7 @@ class GpuAllocator:
         bucket = pc.multiply(pc.divide(ts, self.bucket_us), self.bucket_us)
         keyed = table.append_column("_b", bucket)
         closed = self._meta("closed_through", None)
-        groups = keyed.group_by(["_b", "gpu_uuid"]).aggregate([])
+        groups = keyed.group_by(["_b", "gpu_uuid"], use_threads=False).aggregate([])
         for b, g in zip(groups["_b"].to_pylist(), groups["gpu_uuid"].to_pylist(), strict=True):
             if closed is not None and b <= closed:
                 continue  # samples for a closed bucket cannot change a final GPU cost
@@ -313,7 +313,8 @@ def _dedup(table: pa.Table) -> pa.Table:
     if pc.count_distinct(ids).as_py() == table.num_rows:
         return table
     indexed = table.append_column("_i", pa.array(np.arange(table.num_rows)))
-    first = indexed.group_by("record_id").aggregate([("_i", "min")]).column("_i_min")
+    first = indexed.group_by("record_id", use_threads=False).aggregate([("_i", "min")])
+    first = first.column("_i_min")
     return table.take(np.sort(first.to_numpy()))
 
 

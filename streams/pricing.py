@@ -187,7 +187,7 @@ def _price_rows(
     keys = pa.table({
         "p": providers, "m": models, "d": pa.array(days), "i": pa.array(np.arange(n)),
     }).filter(pa.array(mask))
-    groups = keys.group_by(["p", "m", "d"]).aggregate([("i", "list")])
+    groups = keys.group_by(["p", "m", "d"], use_threads=False).aggregate([("i", "list")])
     ts_us = batch.column("timestamp").cast(pa.int64()).to_numpy()
     for provider, model, day, rows in zip(
         groups["p"].to_pylist(), groups["m"].to_pylist(), groups["d"].to_pylist(),
