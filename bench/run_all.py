@@ -1,0 +1,327 @@
+"""Run every benchmark (`make bench`), print a table and write bench/RESULTS.md.
+
+Each benchmark runs as its own process `--runs` times (default 3); the table shows the median
+and every run's value. Comparisons (costpipe vs the limit and vs the peers) are measured in the
+same run on the same topic data and reported as ratios, because absolute figures drift on a
+shared machine. Needs a broker: KAFKA_BOOTSTRAP_SERVERS, else the dev broker 127.0.0.1:39092.
+
+    .venv/bin/python bench/run_all.py [--runs 3] [--only e2e,alerts] [--memory-duration 600]
+                                      [--rows-100m] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench.common import PY, ROOT, bootstrap, median
+
+QUIX_VENV = ROOT / "bench" / ".venv-quix"
+DATA = ROOT / "bench" / "data"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    target: str = ""
+    ok: Callable[[float], bool] | None = None
+    digits: int = 0
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    title: str
+    cmd: list[str]
+    parse: Callable[[str], dict[str, float]]
+    figures: tuple[Figure, ...]
+    runs: int | None = None  # None = --runs
+    timeout: float = 900
+
+
+def last_json(out: str) -> dict[str, Any]:
+    """The last JSON object printed (one line, or pretty-printed over several lines)."""
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] | None = None
+    for match in re.finditer(r"^\{", out, re.M):
+        try:
+            found, _ = decoder.raw_decode(out[match.start():])
+        except json.JSONDecodeError:
+            continue
+    if found is None:
+        raise ValueError("no JSON result in the output")
+    return found
+
+
+def grab(pattern: str, out: str) -> float:
+    match = re.search(pattern, out)
+    if not match:
+        raise ValueError(f"no match for {pattern!r}")
+    return float(match.group(1).replace(",", ""))
+
+
+def parse_sdk(out: str) -> dict[str, float]:
+    return {"cpu_us": grab(r"caller-thread CPU per tracked call: median ([\d.]+)", out),
+            "wall_us": grab(r"wall time per tracked call.*?median ([\d.]+)", out)}
+
+
+def parse_queries(out: str) -> dict[str, float]:
+    return {name: grab(rf"{name}: median of 3 = ([\d.]+) s", out)
+            for name in ("dependency_share", "cost_per_operation", "avoided_spend", "breakeven")}
+
+
+def parse_simulator(out: str) -> dict[str, float]:
+    return {"events_per_s": grab(r"throughput into Kafka.*?: ([\d,]+) events/s", out)}
+
+
+def parse_streams(out: str) -> dict[str, float]:
+    return {"events_per_s": grab(r"= ([\d,]+) events/s", out)}
+
+
+def le(limit: float) -> Callable[[float], bool]:
+    return lambda v: v <= limit
+
+
+def ge(limit: float) -> Callable[[float], bool]:
+    return lambda v: v >= limit
+
+
+def benches(args: argparse.Namespace) -> list[Bench]:
+    e2e_args = ["--duration", "40"] if args.quick else []
+    lake10 = DATA / ("lake-1m" if args.quick else "lake-10m")
+    rows10 = "1000000" if args.quick else "10000000"
+    out = [
+        Bench("e2e", "End-to-end throughput (one worker) vs limit and peers, same data",
+              [PY, "bench/bench_e2e.py", *e2e_args], last_json, (
+                  Figure("costpipe_events_per_s", "costpipe sustained", "events/s",
+                         ">= 100,000", ge(100_000)),
+                  Figure("limit_events_per_s", "limit: raw consume, Arrow topic", "events/s"),
+                  Figure("limit_json_events_per_s", "raw consume, per-event JSON topic",
+                         "events/s"),
+                  Figure("quix_events_per_s", "peer: Quix Streams per-event", "events/s"),
+                  Figure("faust_events_per_s", "peer: plain Faust per-event", "events/s"),
+                  Figure("costpipe_over_limit", "costpipe / limit", "x", digits=4),
+                  Figure("costpipe_over_quix", "costpipe / Quix", "x", digits=2),
+                  Figure("costpipe_over_faust", "costpipe / Faust per-event", "x", digits=1),
+              )),
+        Bench("alerts", "Alert latency (2 s windows, lateness 0, 24 spikes per run)",
+              [PY, "bench/bench_alerts.py", *(["--spikes", "8"] if args.quick else [])],
+              last_json, (
+                  Figure("p50_s", "spike -> alert p50", "s", digits=2),
+                  Figure("p99_s", "spike -> alert p99", "s", "<= 4 (window + 2)", le(4.0), 2),
+                  Figure("alerted", "spikes alerted (of 24)", ""),
+              ), runs=1 if args.quick else None),
+        Bench("queries", f"Query speed over {int(rows10):,} cost records",
+              [PY, "bench/bench_queries.py", "--rows", rows10, "--lake", str(lake10)],
+              parse_queries, tuple(
+                  Figure(n, n, "s", "< 1" if n in ("dependency_share", "cost_per_operation")
+                         else "", le(1.0), 3)
+                  for n in ("dependency_share", "cost_per_operation", "avoided_spend",
+                            "breakeven"))),
+        Bench("sdk", "SDK caller overhead per tracked call", [PY, "bench/bench_sdk.py"],
+              parse_sdk, (Figure("cpu_us", "caller-thread CPU", "us", "<= 10", le(10.0), 2),
+                          Figure("wall_us", "caller wall time (GIL shared)", "us", digits=2))),
+        Bench("proxy", "Proxy added latency, 200 concurrent streams",
+              [PY, "bench/bench_proxy.py", "--rounds", "5" if args.quick else "10"],
+              last_json, (
+                  Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
+                  Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", "<= 2",
+                         le(2.0), 2),
+                  Figure("added_ttft_ms_p99", "added p99 (first chunk)", "ms", digits=2),
+                  Figure("proxy_cpu_us_per_chunk", "proxy CPU per chunk", "us", digits=1),
+              )),
+        Bench("otlp", "OTLP receiver", [PY, "bench/bench_otlp.py"], last_json, (
+            Figure("http_spans_per_s", "spans/s over HTTP", "spans/s"),
+            Figure("in_process_spans_per_cpu_s", "spans per CPU second, in process", "spans/s"),
+        )),
+        Bench("simulator", "Simulator into Kafka", [PY, "bench/bench_simulator.py"],
+              parse_simulator, (Figure("events_per_s", "simulator -> Kafka", "events/s"),)),
+        Bench("memory", f"Worker RSS, {args.memory_duration} s at 5,000 req/s, 100k keys",
+              [PY, "bench/bench_memory.py", "--duration", str(args.memory_duration)],
+              last_json, (
+                  Figure("rss_start_mib", "RSS after 60 s", "MiB"),
+                  Figure("rss_end_mib", "RSS at end", "MiB"),
+                  Figure("growth_pct", "growth", "%", "flat (<= 10)", le(10.0), 1),
+              ), runs=1, timeout=args.memory_duration + 300),
+    ]
+    if (ROOT / "bench" / "bench_streams.py").exists():
+        out.insert(1, Bench("streams", "Stream processing per batch, no Kafka (one core)",
+                            [PY, "bench/bench_streams.py"], parse_streams,
+                            (Figure("events_per_s", "costing+partials+merge", "events/s"),)))
+    if args.rows_100m:
+        out.append(Bench(
+            "queries100m", "Query speed over 100,000,000 cost records",
+            [PY, "bench/bench_queries.py", "--rows", "100000000", "--lake",
+             str(DATA / "lake-100m")], parse_queries,
+            tuple(Figure(n, n, "s", digits=3) for n in ("dependency_share",
+                                                        "cost_per_operation")),
+            runs=1, timeout=3600))
+    return out
+
+
+def ensure_quix() -> None:
+    """Quix pins confluent-kafka < 2.12, so it lives in its own virtualenv."""
+    if (QUIX_VENV / "bin" / "python").exists():
+        return
+    console.print("creating bench/.venv-quix (quixstreams) ...")
+    subprocess.run(["python3.11", "-m", "venv", str(QUIX_VENV)], check=True)
+    subprocess.run([str(QUIX_VENV / "bin" / "pip"), "install", "-q", "quixstreams"], check=True)
+
+
+def machine() -> dict[str, str]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or "unknown")
+    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
+    kafka = "unknown"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    found = re.search(r"kafka_2\.\d+-(\d+\.\d+\.\d+)\.jar", ps)
+    if found:
+        kafka = f"Apache Kafka {found.group(1)}"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
+            "python": platform.python_version(), "os": platform.platform(),
+            "kafka": f"{kafka} at {bootstrap()}",
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def run_bench(bench: Bench, runs: int, progress: Progress, task: Any) -> dict[str, Any]:
+    values: dict[str, list[float]] = {f.key: [] for f in bench.figures}
+    errors: list[str] = []
+    loads: list[float] = []
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap()}
+    for i in range(runs):
+        progress.update(task, description=f"{bench.name} run {i + 1}/{runs}")
+        loads.append(os.getloadavg()[0])
+        try:
+            done = subprocess.run(bench.cmd, capture_output=True, text=True, cwd=str(ROOT),
+                                  env=env, timeout=bench.timeout)
+            if done.returncode != 0:
+                raise RuntimeError(f"exit {done.returncode}: "
+                                   f"{(done.stderr or done.stdout).strip()[-300:]}")
+            figures = bench.parse(done.stdout)
+            for f in bench.figures:
+                if f.key in figures:
+                    values[f.key].append(float(figures[f.key]))
+        except Exception as exc:  # one failing bench must not stop the others
+            errors.append(f"run {i + 1}: {str(exc).splitlines()[-1] if str(exc) else exc!r}")
+        progress.advance(task)
+    return {"values": values, "errors": errors, "load": loads}
+
+
+def fmt(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}" if value == value else "n/a"
+
+
+def status(figure: Figure, value: float) -> str:
+    if figure.ok is None or value != value:
+        return ""
+    return "meets" if figure.ok(value) else "MISSES"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per benchmark (median)")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument("--memory-duration", type=int, default=180,
+                        help="seconds for the memory run (the issue asks 600)")
+    parser.add_argument("--rows-100m", action="store_true",
+                        help="also build a 100M-row lake (~20 GB, long) and time queries")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    selected = benches(args)
+    if args.only:
+        names = {n.strip() for n in args.only.split(",")}
+        unknown = names - {b.name for b in selected}
+        if unknown:
+            parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(b.name for b in selected)}")
+        selected = [b for b in selected if b.name in names]
+    if any(b.name == "e2e" for b in selected):
+        ensure_quix()
+    DATA.mkdir(exist_ok=True)
+    info = machine()
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    results: dict[str, dict[str, Any]] = {}
+    total = sum(b.runs or args.runs for b in selected)
+    with Progress(console=console) as progress:
+        task = progress.add_task("benchmarks", total=total)
+        for bench in selected:
+            results[bench.name] = run_bench(bench, bench.runs or args.runs, progress, task)
+    load_after = os.getloadavg()
+    render(selected, results, info, load_before, load_after, time.monotonic() - started,
+           args.output)
+
+
+def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict[str, str],
+           load_before: tuple[float, ...], load_after: tuple[float, ...], elapsed: float,
+           output: Path) -> None:
+    table = Table(title="costpipe benchmarks (median of runs)")
+    for column in ("benchmark", "figure", "median", "unit", "target", "status", "runs"):
+        table.add_column(column)
+    md = [
+        "# costpipe benchmark results", "",
+        "Written by `make bench` (`bench/run_all.py`). Medians over runs; ratios are measured "
+        "in the same run on the same data. Absolute figures are noisy on a shared machine.", "",
+        "## Machine", "",
+        *[f"- **{k}**: {v}" for k, v in info.items()],
+        f"- **load average** (1/5/15 min) before: "
+        f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: "
+        f"{' / '.join(f'{x:.2f}' for x in load_after)}",
+        f"- **wall time of the whole run**: {elapsed / 60:.1f} min", "",
+        "| benchmark | figure | median | unit | target | status | runs |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for bench in selected:
+        result = results[bench.name]
+        for figure in bench.figures:
+            vals = result["values"][figure.key]
+            value = median(vals)
+            runs = ", ".join(fmt(v, figure.digits) for v in vals) or "-"
+            row = [bench.name, figure.label, fmt(value, figure.digits), figure.unit,
+                   figure.target, status(figure, value), runs]
+            table.add_row(*row)
+            md.append("| " + " | ".join(row) + " |")
+    md += ["", "## Notes per benchmark", ""]
+    for bench in selected:
+        result = results[bench.name]
+        loads = ", ".join(f"{x:.2f}" for x in result["load"])
+        md.append(f"- **{bench.name}** — {bench.title}. Command: "
+                  f"`{' '.join(Path(c).name if c == PY else c for c in bench.cmd)}`; "
+                  f"1-min load at each run start: {loads}.")
+        for error in result["errors"]:
+            md.append(f"  - FAILED {error}")
+    console.print(table)
+    for bench in selected:
+        for error in results[bench.name]["errors"]:
+            console.print(f"[red]{bench.name} {error}[/red]")
+    output.write_text("\n".join(md) + "\n", encoding="utf-8")
+    console.print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
