@@ -22,12 +22,12 @@ def register(app: typer.Typer) -> None:
         from collectors.gpu import GpuSampler, GpuUnavailable, run
 
         seconds = parse_duration("gpu", "--interval", interval)
+        settings = get_settings()  # first: a bad config is named before any NVML probing
         sampler = GpuSampler(interval_s=seconds)
         try:
             count = sampler.open()
         except GpuUnavailable as exc:
             fail("gpu", str(exc), code=3)
-        settings = get_settings()
         from collectors.producer import producer_for
 
         producer = producer_for(settings, "gpu")
