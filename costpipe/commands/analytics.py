@@ -66,8 +66,12 @@ def _run_one(con, text: str, write: bool, fmt: OutFormat, out: Path | None) -> N
             _fail("empty query; give a SQL statement, e.g. costpipe sql \"SELECT 1\"")
         for statement in statements[:-1]:
             con.execute(statement.query).fetchall()
-        df = con.sql(statements[-1].query).pl() if statements[-1].type.name in {
-            "SELECT", "EXPLAIN", "PRAGMA"} else None
+        last = statements[-1]
+        df = None
+        if last.type.name in {"SELECT", "EXPLAIN", "PRAGMA"}:
+            df = con.sql(last.query).pl()
+        else:  # COPY, CREATE, ... (only reached with --write): run it, do not just say ok
+            con.execute(last.query)
     except ReadOnlyError as exc:
         _fail(str(exc))
     except duckdb.Error as exc:
