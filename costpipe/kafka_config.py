@@ -71,9 +71,6 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     kafka = settings.kafka
     servers = ";".join(f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(","))
     options: dict[str, Any] = {"broker": servers}
-    if kafka.session_timeout_s is not None:  # a SIGKILLed member holds its partitions this long
-        options["broker_session_timeout"] = kafka.session_timeout_s
-        options["broker_heartbeat_interval"] = max(0.5, kafka.session_timeout_s / 6)
     context: ssl.SSLContext | None = None
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=kafka.ssl_cafile)

@@ -50,11 +50,6 @@ class KafkaSettings(_Section):
     compression: Literal["lz4", "zstd"] = "zstd"
     linger_ms: int = Field(default=50, ge=50, le=10_000)
     kafka_version: str = "3.9.1"
-    session_timeout_s: float | None = Field(
-        default=None, ge=6, le=300,
-        description="Worker group session timeout; unset = Faust's 60 s. Lower = a crashed "
-        "worker's partitions move to a restarted one sooner",
-    )
 
 
 class TopicSettings(_Section):
