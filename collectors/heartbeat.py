@@ -14,11 +14,8 @@ from confluent_kafka import Producer
 
 from costpipe.kafka_config import confluent_producer
 from costpipe.settings import Settings
-from schemas.codec import encode_arrow, headers_for
+from schemas.codec import HEARTBEAT_RECORD, WATERMARK_HEADER, encode_arrow, headers_for
 from schemas.records import GPU_SAMPLE, REQUEST_EVENT
-
-WATERMARK_HEADER = "costpipe-watermark"
-HEARTBEAT_RECORD = "heartbeat"
 
 
 def send_watermark(settings: Settings, until: dt.datetime, *, timeout: float = 30.0) -> int:

@@ -452,3 +452,12 @@ def producer_for(settings: Settings, kind: Literal["requests", "gpu"]) -> Batchi
                 producer = BatchingProducer(settings, topic, GPU_SAMPLE, "gpu_sample")
             _shared[topic] = producer
         return producer
+
+
+def close_shared(timeout: float = 30.0) -> None:
+    """Flush and close every shared producer (before the broker they talk to goes away)."""
+    with _shared_lock:
+        producers = list(_shared.values())
+        _shared.clear()
+    for producer in producers:
+        producer.close(timeout)

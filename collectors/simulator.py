@@ -323,7 +323,8 @@ def _generate_tick(
     route_arr = pa.array(route)
     op_arr = pa.array(op)
     ids = pc.binary_join_element_wise(
-        f"sim-{seed}-", pc.cast(pa.array(np.arange(first_id, first_id + n)), pa.string()), "")
+        f"sim-{seed}-{start_us}-",
+        pc.cast(pa.array(np.arange(first_id, first_id + n)), pa.string()), "")
     int_mask = pa.array(internal)
     null_str = pa.nulls(n, pa.string())
     gpu_arr = pa.array(gpu)

@@ -117,9 +117,7 @@ def _paths(settings: Settings) -> _Paths:
 
 def topic_names(settings: Settings) -> list[str]:
     """Every costpipe topic named in settings (all fields of `[topics]` but the count)."""
-    topics = settings.topics.model_dump()
-    topics.pop("partitions")
-    return list(topics.values())
+    return list(settings.topics.partition_counts())
 
 
 def ensure_running(settings: Settings, *, console: Console | None = None) -> str:
@@ -206,14 +204,20 @@ def status(settings: Settings) -> BrokerStatus:
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     """Create the missing costpipe topics (idempotent, safe to race); return those created."""
     admin = _admin(settings)
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [name for name in topic_names(settings) if name not in existing]
+    existing = admin.list_topics(timeout=timeout).topics
+    counts = settings.topics.partition_counts()
+    for name, wanted in counts.items():
+        if wanted == 1 and name in existing and len(existing[name].partitions) != 1:
+            raise BrokerError(
+                f"topic {name} has {len(existing[name].partitions)} partitions but must have 1 "
+                f"(an ordered internal stream); delete it and run again")
+    missing = [name for name in counts if name not in existing]
     if not missing:
         return []
     new = [
         NewTopic(
             name,
-            num_partitions=settings.topics.partitions,
+            num_partitions=counts[name],
             replication_factor=-1 if not settings.uses_local_broker else 1,
             config={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
         )

@@ -265,19 +265,19 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
                 spikes=spikes, progress=progress,
             )
             state.sent_requests = summary.requests
+            from collectors.producer import close_shared
+
+            close_shared()
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited (code {worker.returncode}); "
                                    f"see {worker_log}")
-            _say(console, state, "closing the last windows (watermark heartbeat)")
+            _say(console, state, "closing the last windows (watermark heartbeats)")
             from collectors.heartbeat import send_watermark
 
-            close_at = summary.end + dt.timedelta(
-                seconds=settings.windows.seconds + settings.windows.allowed_lateness_seconds
-                + settings.gpu.bucket_seconds + settings.gpu.allowed_lateness_seconds + 1)
-            send_watermark(settings, close_at)
-            _say(console, state, "waiting for the lake to hold every request")
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
             while True:
+                # The fleet went quiet: tell the workers that event time keeps passing.
+                send_watermark(settings, dt.datetime.now(dt.UTC))
                 in_lake = _lake_requests(settings, summary.start, summary.end)
                 in_windows = _open_windows(settings, summary.start, summary.end)
                 if in_lake >= summary.requests and in_windows >= summary.requests:
@@ -290,7 +290,7 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
                         f"after {DRAIN_TIMEOUT_S:.0f} s the lake holds {in_lake:,} of "
                         f"{summary.requests:,} requests ({in_windows:,} in closed windows); "
                         f"see {worker_log}")
-                time.sleep(1.0)
+                time.sleep(2.0)
             _say(console, state, "done")
     finally:
         monitor.stop()

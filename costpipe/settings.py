@@ -66,6 +66,17 @@ class TopicSettings(_Section):
     )
     partitions: int = Field(default=4, ge=1, le=1024)
 
+    def partition_counts(self) -> dict[str, int]:
+        """Topic name -> partitions. `partials` and `gpuwork` are internal ordered streams
+        (one consumer must see all of them in one order: window merge, GPU allocation)."""
+        counts = {}
+        for field_name in type(self).model_fields:
+            if field_name == "partitions":
+                continue
+            single = field_name in ("partials", "gpuwork")
+            counts[getattr(self, field_name)] = 1 if single else self.partitions
+        return counts
+
     @field_validator(
         "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork"
     )

@@ -27,8 +27,11 @@ FROM dependency_share GROUP BY operation ORDER BY operation"""
 
 COST_SQL = """\
 SELECT operation, provider_kind, sum(requests) AS requests,
-       sum(total_cost) AS cost,
-       sum(total_cost) / sum(requests) AS cost_per_request
+       sum(loaded_cost) AS cost,
+       sum(loaded_cost) / nullif(sum(requests), 0) AS cost_per_request,
+       sum(loaded_cost) * 1000 / nullif(sum(tokens), 0) AS cost_per_1k_tokens,
+       sum(shadow_cost) FILTER (WHERE provider_kind = 'internal') / nullif(sum(requests), 0)
+           AS shadow_price_per_request
 FROM cost_per_operation GROUP BY operation, provider_kind ORDER BY operation, provider_kind"""
 
 TOTALS_SQL = """\
@@ -48,9 +51,9 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, Decimal):
-        return f"{value:,.6f}"
+        return f"{value:,.6f}" if abs(value) >= 1 else f"{value:.6g}"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4g}"
     return str(value)
 
 

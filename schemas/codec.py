@@ -29,6 +29,9 @@ from schemas.records import (
 
 ENCODING_HEADER: Final = "costpipe-encoding"
 RECORD_HEADER: Final = "costpipe-record"
+# Heartbeats: empty envelopes whose watermark header says "event time has reached this (µs)".
+WATERMARK_HEADER: Final = "costpipe-watermark"
+HEARTBEAT_RECORD: Final = "heartbeat"
 ARROW: Final = "arrow"
 JSON: Final = "json"
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024

@@ -18,7 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from costpipe.settings import get_settings
-from schemas.codec import ARROW, decode, encode_arrow, header_value, headers_for
+from schemas.codec import (
+    ARROW,
+    HEARTBEAT_RECORD,
+    WATERMARK_HEADER,
+    decode,
+    encode_arrow,
+    header_value,
+    headers_for,
+)
 from schemas.records import GPU_SAMPLE, REQUEST_EVENT
 from streams.aggregation import WindowMerger, partials
 from streams.alerts import AlertEngine, alerts_table, post_webhook
@@ -33,8 +41,9 @@ topics = settings.topics
 requests_topic = raw_topic(topics.requests)
 gpu_topic = raw_topic(topics.gpu)
 costs_topic = raw_topic(topics.costs)
-partials_topic = raw_topic(topics.partials, partitions=1)
-gpuwork_topic = raw_topic(topics.gpuwork, partitions=1)
+_counts = topics.partition_counts()
+partials_topic = raw_topic(topics.partials, partitions=_counts[topics.partials])
+gpuwork_topic = raw_topic(topics.gpuwork, partitions=_counts[topics.gpuwork])
 windows_topic = raw_topic(topics.windows)
 alerts_topic = raw_topic(topics.alerts)
 deadletter_topic = raw_topic(topics.deadletter)
@@ -47,7 +56,6 @@ merger_table = app.Table("window-merger", default=None, schema=_STATE, partition
 
 SOURCE_HEADER = "costpipe-source"
 OFFSET_HEADER = "costpipe-source-offset"
-WATERMARK_HEADER = "costpipe-watermark"
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -72,12 +80,21 @@ async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatc
     return decoded.batch if decoded.batch.num_rows else None
 
 
+def _heartbeat(event: Any) -> int | None:
+    """Watermark of a heartbeat envelope (collectors.heartbeat), None for ordinary events."""
+    if header_value(event.headers, "costpipe-record") != HEARTBEAT_RECORD:
+        return None
+    text = header_value(event.headers, WATERMARK_HEADER)
+    return int(text) if text and text.isdigit() else None
+
+
 async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int | None) -> None:
-    if table.num_rows == 0:
+    if table.num_rows == 0 and watermark is None:
         return
     table = conform(table)
-    await costs_topic.send(key=source.encode(), value=encode_arrow(table),
-                           headers=headers_for(ARROW, "cost_record"))
+    if table.num_rows:
+        await costs_topic.send(key=source.encode(), value=encode_arrow(table),
+                               headers=headers_for(ARROW, "cost_record"))
     headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
                (OFFSET_HEADER, str(offset).encode())]
     if watermark is not None:
@@ -90,13 +107,17 @@ async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int 
 @app.agent(requests_topic, concurrency=1)
 async def costing(stream: Any) -> None:
     async for event in stream.events():
+        heartbeat = _heartbeat(event)
         batch = await _decode_or_dead_letter(event, REQUEST_EVENT)
         if batch is None:
-            continue
+            if heartbeat is None:
+                continue
+            batch = pa.RecordBatch.from_pylist([], schema=REQUEST_EVENT)
         msg = event.message
         source = f"{msg.topic}:{msg.partition}"
         external, pending = cost_records(batch, settings, msg.partition, msg.offset)
-        watermark = pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
+        watermark = heartbeat if heartbeat is not None else \
+            pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
         await _emit_costs(external, source, msg.offset, watermark)
         # Always sent (maybe with no rows): it carries this partition's watermark.
         await gpuwork_topic.send(
@@ -109,9 +130,17 @@ async def costing(stream: Any) -> None:
 @app.agent(gpu_topic, concurrency=1)
 async def gpu_forward(stream: Any) -> None:
     async for event in stream.events():
+        msg = event.message
+        heartbeat = _heartbeat(event)
+        if heartbeat is not None:
+            await gpuwork_topic.send(
+                key=b"gpu", value=b"",
+                headers=[*headers_for(ARROW, HEARTBEAT_RECORD),
+                         (SOURCE_HEADER, f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
+                         (WATERMARK_HEADER, str(heartbeat).encode())])
+            continue
         batch = await _decode_or_dead_letter(event, GPU_SAMPLE)
         if batch is not None:
-            msg = event.message
             await gpuwork_topic.send(
                 key=b"gpu", value=encode_arrow(batch),
                 headers=[*headers_for(ARROW, "gpu_sample"),
@@ -127,6 +156,11 @@ async def allocator(stream: Any) -> None:
         chunk = header_value(event.headers, SOURCE_HEADER) or f"gpuwork:{msg.offset}"
         if gpu.is_replay(chunk):
             continue  # re-forwarded after an upstream restart: already buffered or closed
+        if record == HEARTBEAT_RECORD:
+            gpu.note_samples_until(int(header_value(event.headers, WATERMARK_HEADER) or 0))
+            await _emit_costs(gpu.close_ready(), f"{msg.topic}:{msg.partition}", msg.offset, None)
+            gpu.mark_applied(chunk)
+            continue
         table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
         late = None
         if record == "gpu_sample":

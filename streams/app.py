@@ -8,6 +8,8 @@ envelopes decoded with `schemas.codec`, headers come from `event.headers`.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import faust
@@ -15,9 +17,11 @@ import faust
 from costpipe.kafka_config import faust_broker_options
 from costpipe.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings) -> faust.App:
-    return faust.App(
+    return CostpipeApp(
         settings.servers.worker_group,
         **faust_broker_options(settings),
         store="memory://",
@@ -35,6 +39,23 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         autodiscover=False,
     )
+
+
+class CostpipeApp(faust.App):
+    """faust.App whose agents stop the worker when they crash.
+
+    A crashed agent would otherwise sit dead inside a live worker (Faust restarts the actor
+    past the failing message, or not at all), stalling the pipeline silently. Exiting instead
+    means uncommitted offsets are replayed by the restarted worker (at-least-once, idempotent
+    state) and whatever supervises the worker sees a non-zero exit.
+    """
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        await super()._on_agent_error(agent, exc)
+        log.critical("agent %s crashed (%r): stopping the worker so it restarts from its "
+                     "committed offsets", getattr(agent, "name", agent), exc)
+        logging.shutdown()
+        os._exit(70)
 
 
 def raw_topic(name: str, partitions: int | None = None) -> Any:

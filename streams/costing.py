@@ -200,6 +200,10 @@ class GpuAllocator:
                         if k.startswith("m|wm|")}
         return self._wm
 
+    def note_samples_until(self, max_ts: int) -> None:
+        """A GPU heartbeat: the samplers have reported everything up to `max_ts`."""
+        self._advance(max_ts, "gpu")
+
     def note_requests(self, max_ts: int | None, stream: str) -> None:
         """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows)."""
         self._advance(max_ts, stream)

@@ -9,7 +9,13 @@ SELECT * FROM {{source:costs}}
 QUALIFY row_number() OVER (PARTITION BY record_id, record_type
                            ORDER BY source_partition, source_offset, "date", "hour") = 1;
 CREATE OR REPLACE VIEW gpu_samples AS SELECT * FROM {{source:gpu_samples}};
-CREATE OR REPLACE VIEW windows AS SELECT * FROM {{source:windows}};
+-- windows: a closed window is (window_start, key, revision); revision 0 is on time, higher
+-- revisions hold only late deltas. A worker restart may re-emit the same triple: keep one.
+CREATE OR REPLACE VIEW windows AS
+SELECT * FROM {{source:windows}}
+QUALIFY row_number() OVER (PARTITION BY window_start, operation, provider_kind, provider, model,
+                                        coalesce(revision, 0)
+                           ORDER BY "date", "hour") = 1;
 CREATE OR REPLACE VIEW alerts AS SELECT * FROM {{source:alerts}};
 -- Idle GPU cost lives in costs with record_type = 'idle' (reservation-based, not busy time).
 CREATE OR REPLACE VIEW idle_cost AS SELECT * FROM costs WHERE record_type = 'idle';

@@ -43,9 +43,9 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--spike") from None
         os.environ.setdefault("COSTPIPE_WINDOWS__SECONDS", str(window_seconds))
-        os.environ.setdefault("COSTPIPE_WINDOWS__ALLOWED_LATENESS_SECONDS", "25")
+        os.environ.setdefault("COSTPIPE_WINDOWS__ALLOWED_LATENESS_SECONDS", "10")
         os.environ.setdefault("COSTPIPE_GPU__BUCKET_SECONDS", "5")
-        os.environ.setdefault("COSTPIPE_GPU__ALLOWED_LATENESS_SECONDS", "10")
+        os.environ.setdefault("COSTPIPE_GPU__ALLOWED_LATENESS_SECONDS", "3")
         os.environ.setdefault("COSTPIPE_ALERTS__WARMUP_WINDOWS", "4")
         os.environ.setdefault("COSTPIPE_ALERTS__SPIKE_MIN_DOLLARS", "0.05")
         os.environ.setdefault("COSTPIPE_LAKE__FLUSH_SECONDS", "2")
@@ -54,5 +54,11 @@ def register(app: typer.Typer) -> None:
         options = RunOptions(duration_s=duration, rate=rate, internal_share=internal_share,
                              seed=seed, gpus=gpus, spikes=list(spike), report=report,
                              keep_running=keep_running)
-        code = run_main_job(settings, options, Console())
+        from costpipe.broker import BrokerError
+
+        try:
+            code = run_main_job(settings, options, Console())
+        except (RuntimeError, BrokerError) as exc:
+            typer.secho(f"costpipe run: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
         raise typer.Exit(code)
