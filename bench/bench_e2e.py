@@ -195,13 +195,14 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     raw = run_json([PY, "bench/peers/raw_consume.py", boot, run.settings.topics.requests,
                     str(messages)])
     limit = requests / raw["seconds"]
-    raw_json = run_json([PY, "bench/peers/raw_consume.py", boot, json_topic, str(requests)])
+    json_events = count_messages(run, json_topic)
+    raw_json = run_json([PY, "bench/peers/raw_consume.py", boot, json_topic, str(json_events)])
     print("  quix peer ...", file=sys.stderr, flush=True)
-    quix_n = min(requests, quix_events)
+    quix_n = min(json_events, quix_events)
     quix = run_json([str(QUIX_PY), "bench/peers/quix_window_sum.py", boot, json_topic,
                      str(quix_n)])
     print("  faust peer ...", file=sys.stderr, flush=True)
-    faust_n = min(requests, faust_events)
+    faust_n = min(json_events, faust_events)
     env = {**os.environ, "BENCH_PARTITIONS": str(run.settings.topics.partitions)}
     faust = run_json([PY, "bench/peers/faust_per_event.py", boot, json_topic, str(faust_n),
                       "worker", "-l", "warn"], env=env)

@@ -15,6 +15,7 @@ Last line: JSON with start/end/max RSS (MiB) and the growth.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import threading
 import time
@@ -96,6 +97,7 @@ def main() -> None:
     }
     print(f"RSS after {args.settle} s: {start:.0f} MiB, end: {end:.0f} MiB "
           f"({result['growth_pct']:+.1f}%)", file=sys.stderr)
+    shutil.rmtree(run.folder, ignore_errors=True)
     emit(result)
 
 
