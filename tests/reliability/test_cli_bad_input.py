@@ -20,10 +20,7 @@ COMMANDS = [["run"], ["sql"], ["export", "--date", "2026-01-01"], ["report"],
             ["gpu", "--once"], ["simulate"], ["worker"], ["kafka", "up"], ["kafka", "down"],
             ["kafka", "status"], ["alerts", "tail"]]
 
-WORKER_LOGLEVEL = pytest.param(
-    ["worker", "--loglevel", "loud"], "loud",
-    marks=pytest.mark.xfail(strict=False, reason="streams engineer's worker command passes "
-                            "--loglevel to mode unchecked: traceback; fix = click.Choice"))
+WORKER_LOGLEVEL = (["worker", "--loglevel", "loud"], "loud")
 
 BAD_VALUES = [
     (["run", "--rate", "0"], "--rate"),
