@@ -80,6 +80,9 @@ async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatc
     return decoded.batch if decoded.batch.num_rows else None
 
 
+ENVELOPE_ROWS = 1000  # as the collectors' producer: ~1,000 events per Kafka message
+
+
 def _heartbeat(event: Any) -> int | None:
     """Watermark of a heartbeat envelope (collectors.heartbeat), None for ordinary events."""
     if header_value(event.headers, "costpipe-record") != HEARTBEAT_RECORD:
@@ -92,8 +95,10 @@ async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int 
     if table.num_rows == 0 and watermark is None:
         return
     table = conform(table)
-    if table.num_rows:
-        await costs_topic.send(key=source.encode(), value=encode_arrow(table),
+    # Envelopes of at most ENVELOPE_ROWS rows: a heartbeat that closes a large own-model
+    # backlog must not become one message over the producer's max request size.
+    for chunk in table.to_batches(max_chunksize=ENVELOPE_ROWS):
+        await costs_topic.send(key=source.encode(), value=encode_arrow(chunk),
                                headers=headers_for(ARROW, "cost_record"))
     headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
                (OFFSET_HEADER, str(offset).encode())]

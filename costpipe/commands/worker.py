@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from enum import StrEnum
 from pathlib import Path
 
 import typer
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +26,8 @@ def register(app: typer.Typer) -> None:
                                      help="Faust web endpoint port on 127.0.0.1"),
         metrics_port: int = typer.Option(None, "--metrics-port", min=0, max=65535,
                                          help="Prometheus /metrics port (0 = off)"),
-        loglevel: str = typer.Option("warning", "--loglevel",
-                                     help="debug | info | warning | error"),
+        loglevel: LogLevel = typer.Option(LogLevel.warning, "--loglevel",
+                                          help="How much the worker logs."),
     ) -> None:
         """Start a worker: costing, GPU allocation, windows, alerts, dead letters, lake sink.
 
@@ -55,4 +63,4 @@ def register(app: typer.Typer) -> None:
         faust_app.worker_init()
         from faust.worker import Worker
 
-        Worker(faust_app, loglevel=loglevel.upper(), quiet=True).execute_from_commandline()
+        Worker(faust_app, loglevel=loglevel.value.upper(), quiet=True).execute_from_commandline()
