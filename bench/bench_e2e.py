@@ -40,6 +40,7 @@ from bench.common import (
     Run,
     create_topics,
     emit,
+    free_port,
     fresh_run,
     run_json,
     start_worker,
@@ -205,7 +206,8 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     faust_n = min(json_events, faust_events)
     env = {**os.environ, "BENCH_PARTITIONS": str(run.settings.topics.partitions)}
     faust = run_json([PY, "bench/peers/faust_per_event.py", boot, json_topic, str(faust_n),
-                      "worker", "-l", "warn"], env=env)
+                      "worker", "-l", "warn",
+                      "--web-port", str(free_port())], env=env)
     out = {
         "requests": requests, "arrow_messages": messages,
         "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],

@@ -194,11 +194,9 @@ def machine() -> dict[str, str]:
                 if ln.startswith("model name")), platform.processor() or "unknown")
     mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                   if ln.startswith("MemTotal"))
-    kafka = "unknown"
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    found = re.search(r"kafka_2\.\d+-(\d+\.\d+\.\d+)\.jar", ps)
-    if found:
-        kafka = f"Apache Kafka {found.group(1)}"
+    from costpipe.settings import load_settings
+
+    kafka = f"Apache Kafka {load_settings().kafka.kafka_version} (KRaft, local)"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
             "python": platform.python_version(), "os": platform.platform(),
             "kafka": f"{kafka} at {bootstrap()}",
@@ -273,7 +271,13 @@ def main() -> None:
         for bench in selected:
             results[bench.name] = run_bench(bench, bench.runs or args.runs, progress, task)
     load_after = os.getloadavg()
-    render(selected, results, info, load_before, load_after, time.monotonic() - started,
+    store = DATA / "results.json"
+    saved: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    for name, result in results.items():
+        saved[name] = {**result, "date": info["date"]}
+    store.write_text(json.dumps(saved, indent=1))
+    everything = [b for b in benches(args) if b.name in saved]
+    render(everything, saved, info, load_before, load_after, time.monotonic() - started,
            args.output)
 
 
@@ -286,7 +290,9 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
     md = [
         "# costpipe benchmark results", "",
         "Written by `make bench` (`bench/run_all.py`). Medians over runs; ratios are measured "
-        "in the same run on the same data. Absolute figures are noisy on a shared machine.", "",
+        "in the same run on the same data. Absolute figures are noisy on a shared machine. "
+        "`--only` re-runs some benchmarks and keeps the others' last results "
+        "(bench/data/results.json); each benchmark's date is in the notes.", "",
         "## Machine", "",
         *[f"- **{k}**: {v}" for k, v in info.items()],
         f"- **load average** (1/5/15 min) before: "
@@ -310,7 +316,8 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
     for bench in selected:
         result = results[bench.name]
         loads = ", ".join(f"{x:.2f}" for x in result["load"])
-        md.append(f"- **{bench.name}** — {bench.title}. Command: "
+        md.append(f"- **{bench.name}** — {bench.title} ({result.get('date', 'this run')}). "
+                  f"Command: "
                   f"`{' '.join(Path(c).name if c == PY else c for c in bench.cmd)}`; "
                   f"1-min load at each run start: {loads}.")
         for error in result["errors"]:
