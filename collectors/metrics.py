@@ -33,6 +33,14 @@ SPOOL_PENDING = Gauge(
     "costpipe_producer_spool_pending_events", "Events in the spool not yet replayed", ["topic"]
 )
 
+SPOOL_RECORDS = Gauge(
+    "costpipe_producer_spool_pending_records",
+    "Kafka envelopes (messages) in the spool not yet replayed", ["topic"]
+)
+SPOOL_BYTES = Gauge(
+    "costpipe_producer_spool_bytes", "Bytes of spool segments not yet replayed", ["topic"]
+)
+
 _server_lock = threading.Lock()
 _server_port: int | None = None
 

@@ -94,6 +94,7 @@ class BatchingProducer:
         self._key_slots, self._key_counter = key_slots, 0
         self._metrics = metrics
         self._labels = (topic,)
+        self._bytes_at = float("-inf")
         self._config = confluent_producer(
             settings,
             **{
@@ -195,11 +196,19 @@ class BatchingProducer:
             except Exception:  # keep sending; the error is logged, data stays queued/spooled
                 log.exception("producer for %s hit an error; continuing", self.topic)
             if self._metrics:
-                metrics.QUEUE_DEPTH.labels(*self._labels).set(len(self._queue))
-                metrics.SPOOL_PENDING.labels(*self._labels).set(self._spool.pending_rows)
+                self._update_gauges()
             if self._stop.is_set():
                 self._shutdown()
                 return
+
+    def _update_gauges(self) -> None:
+        metrics.QUEUE_DEPTH.labels(*self._labels).set(len(self._queue))
+        metrics.SPOOL_PENDING.labels(*self._labels).set(self._spool.pending_rows)
+        metrics.SPOOL_RECORDS.labels(*self._labels).set(self._spool.pending_records)
+        now = time.monotonic()
+        if now - self._bytes_at >= 1.0:  # stat()s the segments: at most once a second
+            self._bytes_at = now
+            metrics.SPOOL_BYTES.labels(*self._labels).set(self._spool.pending_bytes())
 
     def _drain(self, force: bool) -> None:
         """Turn queued items into envelopes; dicts are grouped, batches sliced to max_rows.

@@ -134,6 +134,21 @@ class Spool:
                     current.unlink()
                     self._write_segment += 1
 
+    def pending_bytes(self) -> int:
+        """Bytes on disk not yet replayed (segments from the cursor on); a few stat calls."""
+        with self._lock:
+            segment, offset = self._cursor
+            total = 0
+            for number in self._segments():
+                if number < segment:
+                    continue
+                try:
+                    size = self._path(number).stat().st_size
+                except FileNotFoundError:
+                    continue
+                total += max(0, size - offset) if number == segment else size
+            return total
+
     def _scan(self, cursor: tuple[int, int], limit: int | None) -> Iterable[SpoolRecord]:
         count = 0
         segment, offset = cursor

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from costpipe.metrics import LAKE_BYTES, LAKE_FILES, LAKE_ROWS
 from lake.layout import (
     STAGING_DIR,
     TMP_PREFIX,
@@ -43,6 +44,7 @@ _HOUR_US = 3_600_000_000
 class WrittenFile:
     path: str
     rows: int
+    size: int = 0  # bytes
 
 
 def _split_by_hour(data: pa.Table, time_column: str) -> list[tuple[str, int, pa.Table]]:
@@ -80,16 +82,18 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_durable(lake: Lake, path: str, data: pa.Table) -> None:
-    """Write `data` to `path` and make it durable before returning."""
+def _write_durable(lake: Lake, path: str, data: pa.Table) -> int:
+    """Write `data` to `path` and make it durable before returning; returns its size."""
     if lake.is_local:
         with open(path, "wb") as handle:
             pq.write_table(data, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
             handle.flush()
             os.fsync(handle.fileno())
-    else:  # object stores: the object becomes visible only when the upload completes
-        with lake.fs.open_output_stream(path) as stream:
-            pq.write_table(data, stream, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+            return handle.tell()
+    # object stores: the object becomes visible only when the upload completes
+    with lake.fs.open_output_stream(path) as stream:
+        pq.write_table(data, stream, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+        return int(stream.tell())
 
 
 def _write_text_durable(lake: Lake, path: str, text: str) -> None:
@@ -133,20 +137,25 @@ def write_range(
     name = data_file_name(topic, partition, first_offset, last_offset)
     staging = lake.path(STAGING_DIR)
     lake.fs.create_dir(staging, recursive=True)
-    moves: list[tuple[str, str, int]] = []
+    moves: list[tuple[str, str, int, int]] = []
     for date, hour, part in _split_by_hour(rows, spec.time_column):
         prefix = _staging_prefix(table_name, topic, partition)
         tmp = f"{staging}/{prefix}{date}-{hour:02d}-{name}.part"
-        _write_durable(lake, tmp, part)
-        moves.append((tmp, lake.path(partition_dir(table_name, date, hour), name), part.num_rows))
+        size = _write_durable(lake, tmp, part)
+        moves.append((tmp, lake.path(partition_dir(table_name, date, hour), name),
+                      part.num_rows, size))
     intent = f"{staging}/{_staging_prefix(table_name, topic, partition)}{name}.intent"
     if len(moves) > 1:
-        _write_text_durable(lake, intent, json.dumps([[src, dst] for src, dst, _ in moves]))
-    for src, dst, _ in moves:
+        _write_text_durable(lake, intent, json.dumps([[src, dst] for src, dst, _, _ in moves]))
+    for src, dst, _, _ in moves:
         _move(lake, src, dst)
     if len(moves) > 1:
         lake.fs.delete_file(intent)
-    return [WrittenFile(dst, n) for _, dst, n in moves]
+    written = [WrittenFile(dst, n, size) for _, dst, n, size in moves]
+    LAKE_FILES.labels(table_name).inc(len(written))
+    LAKE_BYTES.labels(table_name).inc(sum(f.size for f in written))
+    LAKE_ROWS.labels(table_name).inc(rows.num_rows)
+    return written
 
 
 def recover(lake: Lake, table_name: str, topic: str, partition: int) -> None:
@@ -183,3 +192,15 @@ def durable_high_water(lake: Lake, table_name: str, topic: str, partition: int) 
         if parsed and parsed[0] == topic and parsed[1] == partition:
             high = max(high, parsed[3])
     return high
+
+
+def recent_files(lake: Lake, table_name: str, topic: str, partition: int,
+                 count: int) -> list[str]:
+    """Paths of the `count` most recent data files of (topic, partition), by last offset."""
+    selector = pafs.FileSelector(lake.path(table_name), recursive=True, allow_not_found=True)
+    found: list[tuple[int, str]] = []
+    for info in lake.fs.get_file_info(selector):
+        parsed = parse_data_file_name(info.base_name)
+        if parsed and parsed[0] == topic and parsed[1] == partition:
+            found.append((parsed[3], info.path))
+    return [path for _, path in sorted(found)[-count:]]

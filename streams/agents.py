@@ -17,6 +17,8 @@ import faust
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import streams.health  # noqa: F401  (registers the consumer lag timer)
+from costpipe.metrics import STAGE
 from costpipe.settings import get_settings
 from schemas.codec import (
     ARROW,
@@ -121,6 +123,8 @@ async def costing(stream: Any) -> None:
         msg = event.message
         source = f"{msg.topic}:{msg.partition}"
         external, pending = cost_records(batch, settings, msg.partition, msg.offset)
+        STAGE["costing"].rows_in(batch.num_rows)
+        STAGE["costing"].rows_out(external.num_rows + pending.num_rows)
         watermark = heartbeat if heartbeat is not None else \
             pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
         await _emit_costs(external, source, msg.offset, watermark)
@@ -146,6 +150,8 @@ async def gpu_forward(stream: Any) -> None:
             continue
         batch = await _decode_or_dead_letter(event, GPU_SAMPLE)
         if batch is not None:
+            STAGE["gpu_forward"].rows_in(batch.num_rows)
+            STAGE["gpu_forward"].rows_out(batch.num_rows)
             await gpuwork_topic.send(
                 key=b"gpu", value=encode_arrow(batch),
                 headers=[*headers_for(ARROW, "gpu_sample"),
@@ -163,10 +169,13 @@ async def allocator(stream: Any) -> None:
             continue  # re-forwarded after an upstream restart: already buffered or closed
         if record == HEARTBEAT_RECORD:
             gpu.note_samples_until(int(header_value(event.headers, WATERMARK_HEADER) or 0))
-            await _emit_costs(gpu.close_ready(), f"{msg.topic}:{msg.partition}", msg.offset, None)
+            out = gpu.close_ready()
+            STAGE["allocator"].rows_out(out.num_rows)
+            await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
             gpu.mark_applied(chunk)
             continue
         table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        STAGE["allocator"].rows_in(table.num_rows)
         late = None
         if record == "gpu_sample":
             gpu.add_samples(table, chunk)
@@ -177,6 +186,7 @@ async def allocator(stream: Any) -> None:
         out = gpu.close_ready()
         if late is not None and late.num_rows:
             out = pa.concat_tables([conform(late), out])
+        STAGE["allocator"].rows_out(out.num_rows)
         await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
         gpu.mark_applied(chunk)
 
@@ -190,6 +200,8 @@ async def merger(stream: Any) -> None:
         wm_text = header_value(event.headers, WATERMARK_HEADER)
         part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
         closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None)
+        STAGE["merger"].rows_in(part.num_rows)
+        STAGE["merger"].rows_out(closed.num_rows)
         if closed.num_rows:
             await windows_topic.send(key=b"windows", value=encode_arrow(closed),
                                      headers=headers_for(ARROW, "window_aggregate"))
@@ -201,6 +213,8 @@ async def alerting(stream: Any) -> None:
     async for event in stream.events():
         windows = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
         fired = engine.on_windows(windows)
+        STAGE["alerting"].rows_in(windows.num_rows)
+        STAGE["alerting"].rows_out(len(fired))
         if not fired:
             continue
         await alerts_topic.send(key=b"alerts", value=encode_arrow(alerts_table(fired)),
