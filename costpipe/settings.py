@@ -167,7 +167,11 @@ class ServerSettings(_Section):
     proxy_listen: str = "127.0.0.1:8787"
     otlp_listen: str = "127.0.0.1:4318"
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535,
+                              description="worker (and in-app SDK) /metrics port; 0 = off")
+    proxy_metrics_port: int = Field(default=9465, ge=0, le=65535)
+    otlp_metrics_port: int = Field(default=9466, ge=0, le=65535)
+    gpu_metrics_port: int = Field(default=9467, ge=0, le=65535)
     worker_web_port: int = Field(default=6066, ge=1024, le=65535)
     worker_group: str = Field(default="costpipe-worker", description="Faust app id / group")
     auth_token: str | None = Field(default=None, repr=False)

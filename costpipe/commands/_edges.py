@@ -52,16 +52,24 @@ def parse_url(command: str, option: str, value: str) -> str:
 
 
 def start_metrics(command: str, settings: Settings) -> None:
-    """Serve the Prometheus counters; a busy port is a warning, not a reason to stop."""
+    """Serve the Prometheus counters; a busy port is a warning, not a reason to stop.
+
+    Each collector command has its own default port (servers.<command>_metrics_port) so a
+    proxy, an OTLP receiver, a GPU sampler and a worker can share one host; 0 turns it off.
+    """
     from collectors.metrics import start_metrics_server
 
+    key = f"{command}_metrics_port"
+    wanted = getattr(settings.servers, key, settings.servers.metrics_port)
+    if wanted == 0:
+        return
     try:
-        port = start_metrics_server(settings)
+        port = start_metrics_server(settings, wanted)
     except OSError as exc:
         typer.secho(
             f"costpipe {command}: metrics endpoint not started on "
-            f"{settings.servers.metrics_host}:{settings.servers.metrics_port} ({exc.strerror}); "
-            "set COSTPIPE_SERVERS__METRICS_PORT to another port", err=True,
+            f"{settings.servers.metrics_host}:{wanted} ({exc.strerror}); "
+            f"set COSTPIPE_SERVERS__{key.upper()} to another port", err=True,
             fg=typer.colors.YELLOW)
         return
     typer.echo(f"metrics on http://{settings.servers.metrics_host}:{port}/metrics", err=True)
