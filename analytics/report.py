@@ -17,7 +17,7 @@ import duckdb
 
 import analytics
 
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 260, 56, 16, 16, 44
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 300, 56, 16, 16, 44
 COLORS = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
 
 _SCRIPT = """
@@ -71,8 +71,9 @@ def _axes(y_max: float, y_fmt: str, labels: Sequence[str], x_at, y_min: float = 
     step = max(1, len(labels) // 8)
     for i, label in enumerate(labels):
         if i % step == 0:
-            parts.append(f'<text x="{x_at(i):.1f}" y="{H - PAD_B + 16}" text-anchor="middle">'
-                         f'{_esc(label)}</text>')
+            anchor = "end" if x_at(i) > W - PAD_R - 40 else "middle"  # keep the last one inside
+            parts.append(f'<text x="{x_at(i):.1f}" y="{H - PAD_B + 16}" '
+                         f'text-anchor="{anchor}">{_esc(label)}</text>')
     return parts
 
 
@@ -84,8 +85,10 @@ def _legend(names: Sequence[str], colors: Sequence[str] = COLORS) -> str:
 
 
 def _svg(chart_id: str, title: str, body: list[str]) -> str:
-    return (f'<svg class="chart" id="{chart_id}" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-            f'role="img" aria-label="{_esc(title)}">{"".join(body)}</svg>')
+    # viewBox + width 100%: the chart scales to the card's full width, keeping its proportions
+    return (f'<svg class="chart" id="{chart_id}" viewBox="0 0 {W} {H}" width="100%" '
+            f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{_esc(title)}">'
+            f'{"".join(body)}</svg>')
 
 
 def line_chart(chart_id: str, title: str, labels: Sequence[str],
@@ -121,7 +124,7 @@ def bar_chart(chart_id: str, title: str, labels: Sequence[str],
     bottom = min([*values, 0.0]) * 1.1
     n_series = max(len(series), 1)
     slot = (W - PAD_L - PAD_R) / max(len(labels), 1)
-    bar_w = max(2.0, slot * 0.8 / n_series)
+    bar_w = min(max(2.0, slot * 0.8 / n_series), 120.0)  # one day alone is not a wall
     x_at = lambda i: PAD_L + slot * (i + 0.5)  # noqa: E731
     y = _scale(bottom, top, H - PAD_B, PAD_T)
     body = _axes(top, y_fmt, labels, x_at, bottom)
@@ -130,7 +133,7 @@ def bar_chart(chart_id: str, title: str, labels: Sequence[str],
         for i, v in enumerate(ys):
             if v is None:
                 continue
-            x = PAD_L + slot * i + slot * 0.1 + s * bar_w
+            x = PAD_L + slot * (i + 0.5) + (s - n_series / 2) * bar_w
             top_y = min(y(v), zero)
             body.append(f'<rect class="mark" x="{x:.1f}" y="{top_y:.1f}" width="{bar_w:.1f}" '
                         f'height="{max(abs(y(v) - zero), 0.5):.1f}" '
@@ -148,15 +151,43 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
     return con.execute(sql).fetchall()
 
 
+# (longest span of data, bucket, label format, name): the time axis adapts to the data, so a
+# 75-second demo shows a line rather than one dot, and a month stays readable.
+BUCKETS = (
+    (dt.timedelta(minutes=15), "10 seconds", "%H:%M:%S", "10 s"),
+    (dt.timedelta(hours=3), "1 minute", "%H:%M", "minute"),
+    (dt.timedelta(days=3), "1 hour", "%m-%d %H:00", "hour"),
+    (None, "1 day", "%Y-%m-%d", "day"),
+)
+
+
+def time_bucket(con: duckdb.DuckDBPyConnection, view: str, where: str = "TRUE"
+                ) -> tuple[str, str, str]:
+    """(DuckDB interval, label strftime, name) of the bucket for the span of `view`'s rows."""
+    first, last = con.execute(
+        f'SELECT min("timestamp"), max("timestamp") FROM {view} WHERE {where}').fetchone()
+    span = (last - first) if first is not None and last is not None else dt.timedelta(0)
+    for longest, interval, fmt, name in BUCKETS:
+        if longest is None or span < longest:
+            return interval, fmt, name
+    raise AssertionError("unreachable: the last bucket has no limit")
+
+
 def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = None) -> str:
     """Render the whole report as one HTML string."""
     con = con or analytics.connect()
     summary = analytics.summary(con)
     target = summary["target_internal_share"] if target is None else target
-    share = _rows(con, """
-        SELECT day, 1 - sum(external_requests) / nullif(sum(requests), 0),
-               1 - CAST(sum(external_cost) AS DOUBLE) / nullif(CAST(sum(cost) AS DOUBLE), 0)
-        FROM dependency_share GROUP BY day ORDER BY day""")
+    # As dependency_share: requests count request records, cost counts all but idle rows.
+    share_every, share_fmt, share_name = time_bucket(con, "costs", "record_type <> 'idle'")
+    share = _rows(con, f"""
+        SELECT time_bucket(INTERVAL '{share_every}', "timestamp") AS t,
+               1 - count(*) FILTER (WHERE record_type = 'request'
+                                    AND provider_kind = 'external')
+                   / nullif(count(*) FILTER (WHERE record_type = 'request'), 0),
+               1 - CAST(sum(cost) FILTER (WHERE provider_kind = 'external') AS DOUBLE)
+                   / nullif(CAST(sum(cost) AS DOUBLE), 0)
+        FROM costs WHERE record_type <> 'idle' GROUP BY t ORDER BY t""")
     per_op = _rows(con, """
         SELECT operation,
           CAST(sum(loaded_cost) FILTER (WHERE provider_kind = 'internal') AS DOUBLE)
@@ -166,9 +197,10 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         FROM cost_per_operation WHERE requests > 0 GROUP BY operation ORDER BY operation""")
     avoided = _rows(con, "SELECT day, CAST(sum(avoided_spend) AS DOUBLE) FROM avoided_spend "
                          "GROUP BY day ORDER BY day")
-    util = _rows(con, """
-        SELECT time_bucket(INTERVAL 1 HOUR, "timestamp") AS h, avg(utilization_pct)
-        FROM gpu_samples GROUP BY h ORDER BY h""")
+    util_every, util_fmt, util_name = time_bucket(con, "gpu_samples")
+    util = _rows(con, f"""
+        SELECT time_bucket(INTERVAL '{util_every}', "timestamp") AS t, avg(utilization_pct)
+        FROM gpu_samples GROUP BY t ORDER BY t""")
     idle = _rows(con, 'SELECT "date", CAST(sum(cost) AS DOUBLE) FROM idle_cost '
                       'GROUP BY "date" ORDER BY "date"')
     alerts = _rows(con, """
@@ -179,8 +211,9 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         return make() if rows else '<p class="empty">No data in the lake yet.</p>'
 
     cards = [
-        ("Internal share over time vs target", chart_or_empty(share, lambda: line_chart(
-            "dependency-share", "Internal share", [str(r[0]) for r in share],
+        (f"Internal share over time vs target (per {share_name}, UTC)",
+         chart_or_empty(share, lambda: line_chart(
+            "dependency-share", "Internal share", [r[0].strftime(share_fmt) for r in share],
             {"internal share of requests": [_f(r[1]) for r in share],
              "internal share of cost": [_f(r[2]) for r in share]},
             y_fmt=".0%", y_max=1.0, target=target))),
@@ -193,8 +226,8 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
          chart_or_empty(avoided, lambda: bar_chart(
              "avoided-spend", "Avoided spend", [str(r[0]) for r in avoided],
              {"avoided spend $": [_f(r[1]) for r in avoided]}, y_fmt=",.2f"))),
-        ("GPU utilisation (hourly mean, %)", chart_or_empty(util, lambda: line_chart(
-            "gpu-utilisation", "GPU utilisation", [r[0].strftime("%m-%d %H") for r in util],
+        (f"GPU utilisation (mean per {util_name}, %, UTC)", chart_or_empty(util, lambda: line_chart(
+            "gpu-utilisation", "GPU utilisation", [r[0].strftime(util_fmt) for r in util],
             {"utilisation %": [_f(r[1]) for r in util]}, y_fmt=".0f", y_max=100.0))),
         ("Idle GPU cost per day ($)", chart_or_empty(idle, lambda: bar_chart(
             "idle-cost", "Idle cost", [str(r[0]) for r in idle],

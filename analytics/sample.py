@@ -102,11 +102,12 @@ def _table(columns: dict[str, pa.Array], schema: pa.Schema, n: int) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def gpu_samples(n: int, seed: int = 7, start: dt.datetime | None = None, days: int = 3
+def gpu_samples(n: int, seed: int = 7, start: dt.datetime | None = None, days: float = 3
                 ) -> pa.Table:
     rng = np.random.default_rng(seed)
     start = start or dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    ts = int(start.timestamp() * 1_000_000) + np.sort(rng.integers(0, days * 86_400_000_000, n))
+    span_us = int(days * 86_400_000_000)
+    ts = int(start.timestamp() * 1_000_000) + np.sort(rng.integers(0, span_us, n))
     gpu_idx = rng.integers(0, len(GPUS), n)
     columns = {
         "timestamp": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),

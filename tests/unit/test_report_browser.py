@@ -62,3 +62,26 @@ def test_report_on_empty_lake_says_so(tmp_path):
     assert result.exit_code == 0, result.output
     dom = _dump_dom(out, tmp_path)
     assert 'data-charts-total="0"' in dom and "No data in the lake yet" in dom
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="chromium not installed; run scripts/ensure_chromium.sh")
+def test_short_run_gets_fine_time_buckets(tmp_path):
+    """A few minutes of data (a `make run` demo) draws a line, not one daily dot."""
+    lake = open_lake(str(tmp_path / "lake"))
+    minutes = 5 / (24 * 60)
+    write_range(lake, "costs", sample.costs(5_000, days=minutes), "costpipe.costs.v1", 0, 0, 0)
+    write_range(lake, "gpu_samples", sample.gpu_samples(500, days=minutes), "costpipe.gpu.v1",
+                0, 0, 0)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--lake", lake.uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    dom = _dump_dom(out, tmp_path)
+    for chart_id, series in (("dependency-share", 2), ("gpu-utilisation", 1)):
+        svg = re.search(rf'<svg[^>]*id="{chart_id}".*?</svg>', dom, re.S)
+        assert svg, chart_id
+        assert 'width="100%"' in svg.group(0) and 'data-drawn="' in svg.group(0)
+        points = svg.group(0).count("<circle") // series
+        assert 10 <= points <= 40, (chart_id, points)  # 10-second buckets over 5 minutes
+    assert "per 10 s" in dom
