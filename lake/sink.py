@@ -13,8 +13,9 @@ Re-emitted rows: a worker killed after emitting records but before committing it
 emits them again at new offsets of the same partition (records are keyed by their source, so
 a re-emission lands where the original did). Each flush drops rows whose unique key (see
 `lake.layout.Table.unique_key`) is in the batch already or in the partition's last
-RECENT_FILES files, loaded from the lake on first sight, so the lake holds every record once
-and queries need no de-duplication pass (a window function over 10M rows costs ~2 s).
+RECENT_FILES files, loaded from the lake on first sight. That removes nearly all duplicates
+but is a horizon, not a guarantee (a worker that ran long without committing re-emits
+further back), so the analytics views still keep one row per key.
 """
 
 from __future__ import annotations
