@@ -2,8 +2,7 @@
 event arrives once the broker is back (exact distinct count), nothing is dropped.
 
 Uses a broker of its own (ports 29096/29097, state under tmp_path) so the session's broker and
-other engineers' tests are never touched. The outage is 10 s (the issue's 30 s scenario is the
-same code path; `bench/` style runs can stretch it).
+other engineers' tests are never touched. The outage is the issue's 30 s.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from tests.integration.collectors_core.helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-OUTAGE_S = 10.0
+OUTAGE_S = 30.0
 
 
 def test_broker_outage_mid_run_loses_nothing(tmp_path: Path) -> None:
@@ -50,7 +49,7 @@ def test_broker_outage_mid_run_loses_nothing(tmp_path: Path) -> None:
     chaos = threading.Thread(target=outage)
     try:
         chaos.start()
-        summary = simulate(settings, rate=2000.0, duration_s=24, seed=11, gpus=4,
+        summary = simulate(settings, rate=1000.0, duration_s=44, seed=11, gpus=4,
                            request_sink=requests.emit_batch, gpu_sink=gpu.emit_batch,
                            progress=lambda *_: ticks.append(time.perf_counter()))
         chaos.join()
