@@ -141,6 +141,11 @@ class WindowSettings(_Section):
         default=45, ge=0, le=86_400,
         description="Wait after window end; keep >= gpu bucket + gpu lateness (own-model costs)",
     )
+    correction_horizon_seconds: int = Field(
+        default=3600, ge=0, le=30 * 86_400,
+        description="Keep closed windows' state this long after end + lateness (late deltas "
+                    "merge into it); older state is evicted, later partials still emit deltas",
+    )
 
 
 class AlertSettings(_Section):

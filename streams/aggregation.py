@@ -18,6 +18,20 @@ window_end + windows.allowed_lateness_seconds, all keys of the window are emitte
 emitted at once as a further row for that window and key with the next `revision`, holding only
 the late delta (so summing rows stays exact). Re-emission after a crash repeats the same
 (window, key, revision) with the same content: consumers de-duplicate on that triple.
+
+Eviction keeps state bounded: once window_end + lateness + windows.correction_horizon_seconds
+is behind the watermark, the window's entries are deleted (tombstones in the changelog) and one
+persisted marker `m|closed_through` (the newest evicted window start) remembers it. A partial
+for a window at or before that marker still takes the correction path, without an entry: it is
+emitted at once as a late-delta row with revision LATE_REVISION_BASE + (partials message offset
+mod LATE_REVISION_BASE). That offset is unique in the one-partition partials topic, so the
+revision cannot collide with the small counter revisions of the live entry or with another
+late delta (unless 2**30 partial messages apart for the same window and key), and a replay of
+that same partials message after a crash repeats the same triple. Replays of evicted windows are
+recognised by `m|applied`, the highest offset applied per source (stored once, not per entry):
+each source (one topic partition) sends its partials in offset order, so an offset at or below
+it was applied before. Live entries keep their own `applied` map, which stays exact when a crash
+persisted only some entries of a message.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from streams.money import money_to_pico, pico_to_money
 KEY_COLUMNS = ("window_start", "operation", "provider_kind", "provider", "model")
 SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cost_pico", "shadow_pico")
 _US = 1_000_000
+LATE_REVISION_BASE = 1 << 30  # revisions of late deltas for evicted windows (int32 column)
 
 
 def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
@@ -80,17 +95,20 @@ class WindowMerger:
     def __init__(self, settings: Settings, store: MutableMapping[str, Any]) -> None:
         self.window_us = settings.windows.seconds * _US
         self.lateness_us = settings.windows.allowed_lateness_seconds * _US
+        self.horizon_us = settings.windows.correction_horizon_seconds * _US
         self.store = store
         self._open: dict[int, set[str]] | None = None
+        self._closed: dict[int, set[str]] = defaultdict(set)  # kept until evicted
 
     def _index(self) -> dict[int, set[str]]:
+        """Open keys per window (built from the store once, after a restart)."""
         if self._open is None:
             self._open = defaultdict(set)
             for key in list(self.store.keys()):
                 if key.startswith("k|"):
                     entry = _load(self.store[key])
-                    if not entry.get("closed"):
-                        self._open[int(key.split("|")[1])].add(key)
+                    index = self._closed if entry.get("closed") else self._open
+                    index[_window_of(key)].add(key)
         return self._open
 
     @property
@@ -98,21 +116,46 @@ class WindowMerger:
         raw = self.store.get("m|watermark")
         return None if raw is None else int(raw)  # stored as a decimal string
 
-    def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None) -> pa.Table:
-        """Apply one partial message; returns late-delta rows plus newly closed windows."""
+    @property
+    def closed_through(self) -> int | None:
+        """Start of the newest evicted window: every window at or before it is evicted."""
+        raw = self.store.get("m|closed_through")
+        return None if raw is None else int(raw)
+
+    def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None,
+              position: int | None = None) -> pa.Table:
+        """Apply one partial message; returns late-delta rows plus newly closed windows.
+
+        `position` is the offset of the partial message in the partials topic: it names the
+        revision of late deltas for evicted windows (see the module docstring). Without it a
+        persisted counter is used (pure callers, benches).
+        """
         late_rows: list[dict[str, Any]] = []
         columns = {name: part.column(name).to_pylist() for name in part.column_names}
+        index = self._index()
+        closed_through = self.closed_through
+        applied = dict(self.store.get("m|applied") or {})
+        seen_before = offset <= applied.get(source, -1)
         for i in range(part.num_rows):  # one row per (window, key) of the batch: small
+            window = int(columns["window_start"][i])
             key = "k|" + "|".join(str(columns[c][i]) for c in KEY_COLUMNS)
-            raw = self.store.get(key)
-            entry = _load(raw) if raw is not None else _new_entry()
-            if entry["applied"].get(source, -1) >= offset:
-                continue  # replay of something already merged
+            evicted = closed_through is not None and window <= closed_through
+            if evicted and seen_before:
+                continue  # replay of a partial for a window evicted since
+            entry = None
+            if not evicted:
+                raw = self.store.get(key)
+                entry = _load(raw) if raw is not None else _new_entry()
+                if entry["applied"].get(source, -1) >= offset:
+                    continue  # replay of something already merged
             delta = {c: int(columns[c][i] or 0) for c in SUMS}
             sk = {}
             if columns.get("sk_list") and columns["sk_list"][i]:
                 sk = sketch.merge({}, columns["sk_list"][i], columns["sk_count_list"][i])
                 sk.pop(-1, None)  # rows without latency (idle lines)
+            if entry is None:
+                late_rows.append(_row(key, delta, sk, self._late_revision(position)))
+                continue
             if entry["closed"]:
                 entry["revision"] += 1
                 late_rows.append(_row(key, delta, sk, entry["revision"]))
@@ -124,14 +167,24 @@ class WindowMerger:
             entry["applied"][source] = offset
             self.store[key] = entry
             if not entry["closed"]:
-                self._index()[int(columns["window_start"][i])].add(key)
+                index[window].add(key)
+        if not seen_before:
+            applied[source] = offset
+            self.store["m|applied"] = applied
         if watermark_us is not None and watermark_us > (self.watermark or -1):
             self.store["m|watermark"] = str(watermark_us)
         closed = self.close_ready()
+        self.evict()
         if late_rows:
             late = _to_table(late_rows, self.window_us)
             return pa.concat_tables([late, closed]) if closed.num_rows else late
         return closed
+
+    def _late_revision(self, position: int | None) -> int:
+        if position is None:
+            position = int(self.store.get("m|late_seq") or 0) + 1
+            self.store["m|late_seq"] = str(position)
+        return LATE_REVISION_BASE + position % LATE_REVISION_BASE
 
     def close_ready(self) -> pa.Table:
         watermark = self.watermark
@@ -150,7 +203,34 @@ class WindowMerger:
             for k, e in entries.items():
                 e["closed"] = True
                 self.store[k] = e
+            self._closed[window].update(keys)
         return _to_table(rows, self.window_us) if rows else WINDOW_AGGREGATE.empty_table()
+
+    def evict(self) -> int:
+        """Delete entries of windows past end + lateness + horizon; returns how many.
+
+        Runs after close_ready with the same watermark, so every such window is closed
+        (close_ready needs only end + lateness).
+        """
+        watermark = self.watermark
+        if watermark is None:
+            return 0
+        self._index()
+        span = self.window_us + self.lateness_us + self.horizon_us
+        through = (watermark - span) // self.window_us * self.window_us
+        if self.closed_through is not None and through <= self.closed_through:
+            return 0
+        gone = 0
+        for window in [w for w in self._closed if w <= through]:
+            for key in self._closed.pop(window):
+                del self.store[key]
+                gone += 1
+        self.store["m|closed_through"] = str(through)
+        return gone
+
+
+def _window_of(key: str) -> int:
+    return int(key.split("|", 2)[1])
 
 
 def _load(raw: Any) -> dict[str, Any]:
