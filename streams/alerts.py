@@ -7,6 +7,12 @@
 - dependency_share: the window's external share of cost above 1 - target_internal_share.
 Each alert has a deterministic id (rule + key + period), a cooldown per (rule, key), and is
 de-duplicated by id, so replays and repeated windows never fire twice.
+A window's rows may arrive over several messages (envelopes of ENVELOPE_ROWS): every rule is
+per row or de-duplicated by id, so chunks never double count or fire twice.
+State is bounded by windows.correction_horizon_seconds behind the newest window seen: older
+seen windows, alert ids, cooldowns and spend periods are dropped, and rows for windows older
+than that horizon (late deltas of evicted windows) are ignored here: their period has passed
+(they still reach the lake).
 The webhook (Slack-compatible `{"text": ...}`) runs in a background task with retries and
 backoff; it never blocks the stream.
 """
@@ -61,9 +67,10 @@ class AlertEngine:
     settings: Settings
     baselines: dict[str, Ewma] = field(default_factory=dict)
     last_fired: dict[tuple[str, str], float] = field(default_factory=dict)
-    seen_ids: set[str] = field(default_factory=set)
-    spend: dict[str, Decimal] = field(default_factory=dict)  # "h:<hour>" / "d:<day>" -> $
-    seen_windows: set[tuple[Any, ...]] = field(default_factory=set)
+    seen_ids: dict[str, dt.datetime] = field(default_factory=dict)  # id -> window start
+    spend: dict[str, Decimal] = field(default_factory=dict)  # "<rule>:<period>" -> $
+    seen_windows: dict[dt.datetime, set[tuple[Any, ...]]] = field(default_factory=dict)
+    newest: dt.datetime | None = None
 
     def on_windows(self, windows: pa.Table) -> list[dict[str, Any]]:
         """Evaluate every rule on a set of closed window rows; returns new alerts."""
@@ -71,14 +78,22 @@ class AlertEngine:
         alerts: list[dict[str, Any]] = []
         rows = sorted(windows.to_pylist(), key=lambda r: (r["window_start"], r["operation"],
                                                           r["provider"], r["model"]))
+        if rows and (self.newest is None or rows[-1]["window_start"] > self.newest):
+            self.newest = rows[-1]["window_start"]
+            self._forget(self.newest - dt.timedelta(
+                seconds=self.settings.windows.correction_horizon_seconds))
+        cutoff = self._cutoff()
         shares: dict[dt.datetime, float | None] = {}
         for row in rows:
-            ident = (row["window_start"], row["operation"], row["provider_kind"],
-                     row["provider"], row["model"], row.get("revision") or 0)
-            if ident in self.seen_windows:
-                continue  # a re-emitted window after a restart
-            self.seen_windows.add(ident)
             start = row["window_start"]
+            if cutoff is not None and start < cutoff:
+                continue  # older than the horizon: its state (and period) is gone
+            ident = (row["operation"], row["provider_kind"], row["provider"], row["model"],
+                     row.get("revision") or 0)
+            seen = self.seen_windows.setdefault(start, set())
+            if ident in seen:
+                continue  # a re-emitted window after a restart
+            seen.add(ident)
             key = f"{row['operation']}/{row['provider']}/{row['model']}"
             cost = float(row["cost"])
             if (row.get("revision") or 0) == 0 and row["operation"] != "_gpu_idle":
@@ -91,7 +106,8 @@ class AlertEngine:
                                              f"cost ${cost:.4f} in window vs baseline "
                                              f"${base.mean:.4f} (k={cfg.spike_sigma})")
                 base.update(cost)
-            shares[start] = row.get("external_share_cost")
+            if row.get("external_share_cost") is not None:  # late deltas carry no share
+                shares[start] = row["external_share_cost"]
             if row["provider_kind"] == "external":
                 alerts += self._budgets(start, row["cost"])
         limit = 1 - self.settings.target_internal_share
@@ -101,6 +117,26 @@ class AlertEngine:
                                      f"external share of cost {share:.1%} above target "
                                      f"{limit:.1%}")
         return alerts
+
+    def _cutoff(self) -> dt.datetime | None:
+        if self.newest is None:
+            return None
+        return self.newest - dt.timedelta(
+            seconds=self.settings.windows.correction_horizon_seconds)
+
+    def _forget(self, cutoff: dt.datetime) -> None:
+        """Drop state of windows older than the cutoff (cheap: iterates windows, not rows)."""
+        for start in [s for s in self.seen_windows if s < cutoff]:
+            del self.seen_windows[start]
+        for alert_id in [i for i, s in self.seen_ids.items() if s < cutoff]:
+            del self.seen_ids[alert_id]
+        # A fire before cutoff - cooldown cannot block a window at or after the cutoff.
+        oldest = cutoff.timestamp() - self.settings.alerts.cooldown_seconds
+        for rule_key in [k for k, at in self.last_fired.items() if at < oldest]:
+            del self.last_fired[rule_key]
+        for slot in list(self.spend):
+            if _period_end(slot) <= cutoff:
+                del self.spend[slot]
 
     def _budgets(self, start: dt.datetime, cost: Decimal) -> list[dict[str, Any]]:
         cfg = self.settings.alerts
@@ -127,7 +163,7 @@ class AlertEngine:
         last = self.last_fired.get((rule, key))
         if last is not None and at - last < self.settings.alerts.cooldown_seconds:
             return []
-        self.seen_ids.add(alert_id)
+        self.seen_ids[alert_id] = start
         self.last_fired[(rule, key)] = at
         ALERTS.labels(rule).inc()
         severity = "critical" if rule.startswith("budget") else "warning"
@@ -136,6 +172,15 @@ class AlertEngine:
                  "severity": severity, "key": key, "window_start": start,
                  "observed": float(observed), "threshold": float(threshold),
                  "message": message}]
+
+
+def _period_end(slot: str) -> dt.datetime:
+    """End of a spend slot's period ("budget_hour:%Y-%m-%dT%H" / "budget_day:%Y-%m-%d")."""
+    rule, period = slot.split(":", 1)
+    if rule == "budget_hour":
+        return dt.datetime.strptime(period, "%Y-%m-%dT%H").replace(tzinfo=dt.UTC) + \
+            dt.timedelta(hours=1)
+    return dt.datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
 
 
 def alerts_table(alerts: list[dict[str, Any]]) -> pa.Table:
