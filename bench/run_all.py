@@ -292,7 +292,8 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
         "Written by `make bench` (`bench/run_all.py`). Medians over runs; ratios are measured "
         "in the same run on the same data. Absolute figures are noisy on a shared machine. "
         "`--only` re-runs some benchmarks and keeps the others' last results "
-        "(bench/data/results.json); each benchmark's date is in the notes.", "",
+        "(bench/data/results.json); each benchmark's date is in the notes. Analysis of the "
+        "misses, profiles and suggested fixes: [FINDINGS.md](FINDINGS.md).", "",
         "## Machine", "",
         *[f"- **{k}**: {v}" for k, v in info.items()],
         f"- **load average** (1/5/15 min) before: "
