@@ -28,22 +28,16 @@ class Table:
     schema: pa.Schema
     time_column: str  # decides the date=/hour= partition of a row
     sort_keys: tuple[str, ...]  # order inside compacted export files
-    # A row's identity: at-least-once redelivery re-emits rows with the same key (the sink
-    # drops them, see lake.sink).
-    unique_key: tuple[str, ...] = ()
 
 
 TABLES: Final[dict[str, Table]] = {
     t.name: t
     for t in (
-        Table("costs", COST_RECORD, "timestamp", ("timestamp", "operation", "provider", "model"),
-              ("record_id", "record_type")),
-        Table("gpu_samples", GPU_SAMPLE, "timestamp", ("timestamp", "host", "gpu_uuid"),
-              ("gpu_uuid", "timestamp")),
+        Table("costs", COST_RECORD, "timestamp", ("timestamp", "operation", "provider", "model")),
+        Table("gpu_samples", GPU_SAMPLE, "timestamp", ("timestamp", "host", "gpu_uuid")),
         Table("windows", WINDOW_AGGREGATE, "window_start",
-              ("window_start", "operation", "provider", "model"),
-              ("window_start", "operation", "provider_kind", "provider", "model", "revision")),
-        Table("alerts", ALERT, "timestamp", ("timestamp", "alert_id"), ("alert_id",)),
+              ("window_start", "operation", "provider", "model")),
+        Table("alerts", ALERT, "timestamp", ("timestamp", "alert_id")),
     )
 }
 

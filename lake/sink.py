@@ -9,40 +9,20 @@ Replays: on first sight of a partition the sink rolls forward interrupted flushe
 last durable offset from the lake's file names; messages at or below it are handed straight
 back (already in the lake). A replay from offset 0, with any flush boundaries, adds no rows.
 
-Re-emitted rows: a worker killed after emitting records but before committing its input
-emits them again at new offsets of the same partition (records are keyed by their source, so
-a re-emission lands where the original did). Each flush drops rows whose unique key (see
-`lake.layout.Table.unique_key`) is in the batch already or in the partition's last
-RECENT_FILES files, loaded from the lake on first sight. That removes nearly all duplicates
-but is a horizon, not a guarantee (a worker that ran long without committing re-emits
-further back), so the analytics views still keep one row per key.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from costpipe.metrics import STAGE
 from lake.layout import Lake, table
-from lake.writer import (
-    WrittenFile,
-    conform,
-    durable_high_water,
-    recent_files,
-    recover,
-    write_range,
-)
-
-RECENT_FILES = 8  # files per partition whose keys a flush checks re-emitted rows against
+from lake.writer import WrittenFile, conform, durable_high_water, recover, write_range
 
 Key = tuple[str, str, int]  # (table, topic, partition)
 _STAGE = STAGE["lake_sink"]
@@ -84,9 +64,7 @@ class LakeSink:
         self._clock = clock
         self._buffers: dict[Key, _Buffer] = {}
         self._high_water: dict[Key, int] = {}
-        self._recent: dict[Key, deque[pa.Array]] = {}
         self.skipped_messages = 0
-        self.duplicate_rows = 0
 
     def high_water(self, key: Key) -> int:
         """Last durable offset for the key, discovering it (and recovering) on first use."""
@@ -129,10 +107,8 @@ class LakeSink:
         batches = [b for b in buffer.batches if b.num_rows]
         files: list[WrittenFile] = []
         if batches:
-            spec = table(table_name)
-            data = pa.concat_tables([conform(b, spec.schema) for b in batches]).combine_chunks()
-            if spec.unique_key:
-                data = self._drop_seen(key, data, spec.unique_key)
+            schema = table(table_name).schema
+            data = pa.concat_tables([conform(b, schema) for b in batches]).combine_chunks()
             files = write_range(
                 self.lake, table_name, data, topic, partition,
                 buffer.first_offset, buffer.last_offset,
@@ -141,28 +117,6 @@ class LakeSink:
             _STAGE.rows_out(data.num_rows)
         return Flushed(key, buffer.first_offset, buffer.last_offset, buffer.rows, files,
                        buffer.tokens)
-
-    def _drop_seen(self, key: Key, data: pa.Table, columns: tuple[str, ...]) -> pa.Table:
-        recent = self._recent_keys(key, columns)
-        keys = _row_keys(data, columns)
-        keep = pl.Series(keys).is_first_distinct().to_arrow()
-        if recent:
-            seen = pc.is_in(keys, value_set=pa.concat_arrays(list(recent)))
-            keep = pc.and_(keep, pc.invert(seen))
-        kept = data.filter(keep)
-        self.duplicate_rows += data.num_rows - kept.num_rows
-        recent.append(keys.filter(keep))
-        return kept
-
-    def _recent_keys(self, key: Key, columns: tuple[str, ...]) -> deque[pa.Array]:
-        recent = self._recent.get(key)
-        if recent is None:
-            table_name, topic, partition = key
-            recent = self._recent[key] = deque(maxlen=RECENT_FILES)
-            for path in recent_files(self.lake, table_name, topic, partition, RECENT_FILES):
-                stored = pq.read_table(path, columns=list(columns), filesystem=self.lake.fs)
-                recent.append(_row_keys(stored, columns))
-        return recent
 
     def flush_due(self, now: float | None = None) -> list[Flushed]:
         return [f for key in self.due(now) if (f := self.flush(key)) is not None]
@@ -176,13 +130,4 @@ class LakeSink:
             del self._buffers[key]
         for key in [k for k in self._high_water if k[1:] == (topic, partition)]:
             del self._high_water[key]
-        for key in [k for k in self._recent if k[1:] == (topic, partition)]:
-            del self._recent[key]
 
-
-def _row_keys(data: pa.Table, columns: tuple[str, ...]) -> pa.Array:
-    """One string per row identifying it (the unique-key columns joined)."""
-    parts = [pc.fill_null(pc.cast(data.column(c), pa.string()), "") for c in columns]
-    if len(parts) == 1:
-        return parts[0].combine_chunks()
-    return pc.binary_join_element_wise(*parts, "\x1f").combine_chunks()

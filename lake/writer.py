@@ -193,14 +193,3 @@ def durable_high_water(lake: Lake, table_name: str, topic: str, partition: int) 
             high = max(high, parsed[3])
     return high
 
-
-def recent_files(lake: Lake, table_name: str, topic: str, partition: int,
-                 count: int) -> list[str]:
-    """Paths of the `count` most recent data files of (topic, partition), by last offset."""
-    selector = pafs.FileSelector(lake.path(table_name), recursive=True, allow_not_found=True)
-    found: list[tuple[int, str]] = []
-    for info in lake.fs.get_file_info(selector):
-        parsed = parse_data_file_name(info.base_name)
-        if parsed and parsed[0] == topic and parsed[1] == partition:
-            found.append((parsed[3], info.path))
-    return [path for _, path in sorted(found)[-count:]]

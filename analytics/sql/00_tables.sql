@@ -2,11 +2,11 @@
 -- Hive tree, or by an empty typed relation while the table has no files yet.
 -- `date` (DATE) and `hour` (INTEGER) are the Hive partition columns, in UTC.
 -- costs: one row per (record_id, record_type). The streams are at-least-once: a worker killed
--- after emitting cost records but before committing its input re-emits them at new offsets.
--- The Parquet sink drops re-emissions it can see (the partition's recent files, lake.sink), but
--- that horizon is not a guarantee (a long uncommitted stretch re-emits further back), so the
--- view keeps the first row per key. Measured cost: ~2 s over 10M rows on 2 cores vs ~0.3 s
--- for a plain scan; see the issue notes for the planned exact sink-side index.
+-- after emitting cost records but before committing its input re-emits them at new offsets, so
+-- the files can hold a record twice (identical content); the view keeps the first row per key.
+-- Measured cost: ~2 s over 10M rows on 2 cores vs ~0.3 s for a plain scan. A sink-side filter
+-- over the partition's recent files was tried and let 3,017 re-emitted records through in one
+-- 5-SIGKILL run, so exact de-duplication needs an index that is not bounded by file count.
 CREATE OR REPLACE VIEW costs AS
 SELECT * FROM {{source:costs}}
 QUALIFY row_number() OVER (PARTITION BY record_id, record_type
