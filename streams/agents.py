@@ -199,11 +199,16 @@ async def merger(stream: Any) -> None:
         offset = int(header_value(event.headers, OFFSET_HEADER) or event.message.offset)
         wm_text = header_value(event.headers, WATERMARK_HEADER)
         part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
-        closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None)
+        # The partials message offset names late-delta revisions of evicted windows.
+        closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None,
+                             position=event.message.offset)
         STAGE["merger"].rows_in(part.num_rows)
         STAGE["merger"].rows_out(closed.num_rows)
-        if closed.num_rows:
-            await windows_topic.send(key=b"windows", value=encode_arrow(closed),
+        # Envelopes of at most ENVELOPE_ROWS rows: a window with ~100k keys is one message over
+        # the 10 MB request limit otherwise. Shares are computed over the whole window before
+        # this split, and alerting evaluates chunks exactly as one message.
+        for chunk in closed.to_batches(max_chunksize=ENVELOPE_ROWS):
+            await windows_topic.send(key=b"windows", value=encode_arrow(chunk),
                                      headers=headers_for(ARROW, "window_aggregate"))
 
 
