@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ENV_PREFIX = "COSTPIPE_"
 CONFIG_ENV = "COSTPIPE_CONFIG"
+TEST_ENV_PREFIX = "COSTPIPE_TEST_"  # reserved for the test suite's own knobs, not settings
 DEFAULT_CONFIG_NAME = "costpipe.toml"
 
 
@@ -219,7 +220,9 @@ class Settings(_Section):
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name.startswith(
+            TEST_ENV_PREFIX
+        ):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = tree

@@ -11,8 +11,8 @@ or temporary file nor see the raw row count shrink; after the run every visible 
 complete Parquet file and staging leftovers never match `*.parquet`.
 
 Scale: CI default is 60,000 events (2-core machine shared with Kafka and other suites: ~1M
-takes many minutes through one worker). `COSTPIPE_RELIABILITY_EVENTS=1000000` runs the issue's
-full size; `COSTPIPE_RELIABILITY_KILLS` raises the number of kills (default 5).
+takes many minutes through one worker). `COSTPIPE_TEST_RELIABILITY_EVENTS=1000000` runs the issue's
+full size; `COSTPIPE_TEST_RELIABILITY_KILLS` raises the number of kills (default 5).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ RATE = 2_000  # events per simulated second; one Arrow envelope per second
 
 
 def test_random_sigkills_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_path: Path):
-    events = scaled("COSTPIPE_RELIABILITY_EVENTS", 60_000)
-    kills = scaled("COSTPIPE_RELIABILITY_KILLS", 5)
+    events = scaled("COSTPIPE_TEST_RELIABILITY_EVENTS", 60_000)
+    kills = scaled("COSTPIPE_TEST_RELIABILITY_KILLS", 5)
     run = StreamsRun(kafka_bootstrap, tmp_path, COSTPIPE_LAKE__FLUSH_ROWS="5000",
                      COSTPIPE_LAKE__FLUSH_SECONDS="1")
     lake = tmp_path / "lake"
