@@ -50,11 +50,11 @@ test: venv chromium ## Set up, then run the test suite (the session fixture star
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
 
-bench: venv ## Run the benchmarks (bench/run_all.py) and print their figures
+bench: kafka ## Run the benchmarks (bench/run_all.py) and print their figures
 	@if [ -f bench/run_all.py ]; then $(PY) bench/run_all.py; \
 	else echo "Not built yet: bench/run_all.py"; fi
 
-soak: venv ## Long-running reliability run (bench/soak.py)
+soak: kafka ## Long-running reliability run (bench/soak.py)
 	@if [ -f bench/soak.py ]; then $(PY) bench/soak.py; \
 	else echo "Not built yet: bench/soak.py"; fi
 

@@ -7,7 +7,7 @@ one window. Operations take turns, so each key's baseline settles between its sp
 per spike = time its alert arrived - time the first spiking tick was handed to the producer.
 Target: p99 <= window + 2 s.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_alerts.py [--spikes 24]
+    .venv/bin/python bench/bench_alerts.py [--spikes 24]
 Last line: JSON with p50/p99 latency and how many spikes alerted.
 """
 

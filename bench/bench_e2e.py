@@ -13,7 +13,7 @@ topic. Then, one after another on that data:
 Per-event peers read a prefix of the JSON topic (`--quix-events`, `--faust-events`) so a run
 finishes in minutes; their rates are per event, so the ratio is fair.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_e2e.py [--requests N]
+    .venv/bin/python bench/bench_e2e.py [--requests N]
 Last line: JSON with events_per_s for costpipe, limit, quix, faust and the ratios.
 """
 

@@ -7,7 +7,7 @@ valid), which gives up to that many distinct keys per window. The simulator send
 worker's RSS is sampled every 5 s. Flat = end RSS within 10% of the RSS after the first
 `--settle` seconds.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_memory.py \
+    .venv/bin/python bench/bench_memory.py \
         [--duration 180] [--rate 5000] [--keys 100000]
 Last line: JSON with start/end/max RSS (MiB) and the growth.
 """

@@ -2,7 +2,7 @@
 
 Measures `with track(...) as t: t.usage(...)` on the caller's thread with the real producer
 behind it (events are queued; the sender thread encodes and ships them to Kafka). Run:
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_sdk.py [calls]
+    .venv/bin/python bench/bench_sdk.py [calls]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Runs `simulate(..., as_fast_as_possible=True)` through the shared producers to fresh topics
 and reports events/s including the final flush (every event acknowledged by the broker). Run:
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/bench_simulator.py [rate] [s]
+    .venv/bin/python bench/bench_simulator.py [rate] [s]
 """
 
 from __future__ import annotations

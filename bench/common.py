@@ -32,7 +32,11 @@ TOPICS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadlett
 
 
 def bootstrap() -> str:
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:39092")
+    """The cluster from settings: KAFKA_BOOTSTRAP_SERVERS, else the project's local broker
+    (`make bench` / `make soak` start it first)."""
+    from costpipe.settings import load_settings
+
+    return load_settings().bootstrap_servers
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ until the lake holds every request cost record, then prints where the worker's C
 self time by function and inclusive time by agent/library. Needs py-spy
 (`.venv/bin/pip install py-spy`; bench only, not a project dependency).
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/profile_worker.py \
+    .venv/bin/python bench/profile_worker.py \
         [--rate 5000] [--duration 60] [--top 25]
 """
 

@@ -3,7 +3,8 @@
 Each benchmark runs as its own process `--runs` times (default 3); the table shows the median
 and every run's value. Comparisons (costpipe vs the limit and vs the peers) are measured in the
 same run on the same topic data and reported as ratios, because absolute figures drift on a
-shared machine. Needs a broker: KAFKA_BOOTSTRAP_SERVERS, else the dev broker 127.0.0.1:39092.
+shared machine. Needs a broker: KAFKA_BOOTSTRAP_SERVERS, else the local one (`make bench` starts
+it).
 
     .venv/bin/python bench/run_all.py [--runs 3] [--only e2e,alerts] [--memory-duration 600]
                                       [--rows-100m] [--quick]

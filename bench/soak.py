@@ -17,7 +17,7 @@ every request once (events lost must be 0) and asserts:
 It prints a table and appends its figures under "## Soak" in bench/RESULTS.md; exit code 1
 when an assertion fails.
 
-    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:39092 .venv/bin/python bench/soak.py [--minutes 30]
+    .venv/bin/python bench/soak.py [--minutes 30]
         [--rate 5000] [--every 10] [--warmup-s 120] [--max-lag-s 30]
 """
 
