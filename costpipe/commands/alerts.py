@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
                 table = Table("time", "rule", "severity", "key", "observed", "threshold",
                               "message", show_header=shown == 0)
                 for row in batch.to_pylist():
-                    table.add_row(f"{row['window_start']:%Y-%m-%d %H:%M}", row["rule"],
+                    start = row["window_start"]  # nullable in ALERT
+                    table.add_row(f"{start:%Y-%m-%d %H:%M}" if start else "-", row["rule"],
                                   row["severity"], row["key"], f"{row['observed']:.4g}",
                                   f"{row['threshold']:.4g}", row["message"])
                     shown += 1
