@@ -205,6 +205,7 @@ async def post_webhook(url: str, alert: dict[str, Any], attempts: int = 5) -> bo
                     return False
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("webhook attempt %d failed: %s", attempt + 1, exc)
-        await asyncio.sleep(delay)
-        delay *= 2
+        if attempt < attempts - 1:  # no pointless wait after the last attempt
+            await asyncio.sleep(delay)
+            delay *= 2
     return False
