@@ -55,6 +55,9 @@ def kafka_bootstrap() -> Iterator[str]:
         pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
     yield bootstrap
     if not already and not os.environ.get(KEEP_ENV):
+        from collectors.producer import close_shared
+
+        close_shared(timeout=5.0)  # before the broker goes: no reconnect noise at exit
         broker.stop(settings)
 
 
