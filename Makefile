@@ -33,13 +33,8 @@ kafka: venv ## Start the local Kafka broker (or check KAFKA_BOOTSTRAP_SERVERS) a
 kafka-down: venv ## Stop the local Kafka broker
 	$(COSTPIPE) kafka down
 
-run: kafka ## Set up, start Kafka, then run the whole pipeline (costpipe run)
-	@if $(COSTPIPE) run --help >/dev/null 2>&1; then \
-		exec $(COSTPIPE) run; \
-	else \
-		echo "Set-up done and Kafka is up ($$($(COSTPIPE) kafka status | head -1))."; \
-		echo "Not built yet: the 'costpipe run' command (pipeline workers + collectors)."; \
-	fi
+run: venv ## Set up, then the main job: Kafka, worker, simulated fleet, summary, report.html
+	$(COSTPIPE) run $(RUN_ARGS)
 
 chromium: ## Install Debian's chromium for the report's browser test (once)
 	@bash scripts/ensure_chromium.sh
