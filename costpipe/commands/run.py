@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start Kafka and a worker, simulate a hybrid fleet with a cost spike, show live
         progress, then print the cost/dependency summary and write the HTML report."""
+        import logging
         import os
 
         from rich.console import Console
@@ -49,6 +50,9 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("COSTPIPE_ALERTS__WARMUP_WINDOWS", "4")
         os.environ.setdefault("COSTPIPE_ALERTS__SPIKE_MIN_DOLLARS", "0.05")
         os.environ.setdefault("COSTPIPE_LAKE__FLUSH_SECONDS", "2")
+        # librdkafka's transient start-up notices ("coordinator load in progress: retrying")
+        # are noise in the demo's terminal; real failures still surface as errors.
+        logging.getLogger("costpipe.kafka").setLevel(logging.ERROR)
         get_settings.cache_clear()
         settings = get_settings()
         options = RunOptions(duration_s=duration, rate=rate, internal_share=internal_share,
