@@ -178,30 +178,19 @@ def _stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
         process.wait(10)
 
 
-def _lake_requests(settings: Settings, start: dt.datetime, end: dt.datetime) -> int:
+def _drained(settings: Settings, start: dt.datetime, end: dt.datetime) -> tuple[int, int]:
+    """(requests of the run in the lake, requests of the run counted in closed windows)."""
     import analytics
 
     con = analytics.connect(settings)
     try:
         row = con.execute(
-            "SELECT count(*) FROM costs WHERE record_type <> 'idle' "
-            "AND timestamp >= ? AND timestamp < ?", [start, end]).fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
-
-
-def _open_windows(settings: Settings, start: dt.datetime, end: dt.datetime) -> int:
-    """Requests in the run's range that no closed window counts yet."""
-    import analytics
-
-    con = analytics.connect(settings)
-    try:
-        row = con.execute(
-            "SELECT coalesce(sum(requests), 0) FROM windows "
-            "WHERE window_start >= ? AND window_start < ?",
-            [start - dt.timedelta(seconds=settings.windows.seconds), end]).fetchone()
-        return int(row[0]) if row else 0
+            "SELECT (SELECT count(*) FROM costs WHERE record_type <> 'idle' "
+            "        AND timestamp >= $1 AND timestamp < $2), "
+            "       (SELECT coalesce(sum(requests), 0) FROM windows "
+            "        WHERE window_start >= $3 AND window_start < $2)",
+            [start, end, start - dt.timedelta(seconds=settings.windows.seconds)]).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
     finally:
         con.close()
 
@@ -278,8 +267,7 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
             while True:
                 # The fleet went quiet: tell the workers that event time keeps passing.
                 send_watermark(settings, dt.datetime.now(dt.UTC))
-                in_lake = _lake_requests(settings, summary.start, summary.end)
-                in_windows = _open_windows(settings, summary.start, summary.end)
+                in_lake, in_windows = _drained(settings, summary.start, summary.end)
                 if in_lake >= summary.requests and in_windows >= summary.requests:
                     break
                 if worker.poll() is not None:
