@@ -58,7 +58,8 @@ def costs(n: int, seed: int = 7, start: dt.datetime | None = None, days: float =
     provider_idx = np.where(idle, 0, model_idx)  # idle rows belong to the own fleet
     ops = _pick((*OPERATIONS, "(idle)"), np.where(idle, len(OPERATIONS), op_idx))
     teams = _pick(TEAMS, team_idx, mask=idle)
-    ids = pc.binary_join_element_wise("r", pa.array(np.arange(n)).cast(pa.string()), "")
+    # unique across seeds too: a bench lake built from many seeded chunks has no repeated key
+    ids = pc.binary_join_element_wise(f"r{seed}-", pa.array(np.arange(n)).cast(pa.string()), "")
     record_type = _pick(("request", "idle"), idle.astype(np.int8))
     gpu = _pick(GPUS, rng.integers(0, len(GPUS), n), mask=~internal)
     latency = np.where(idle, np.nan, rng.lognormal(6, 0.6, n))

@@ -8,6 +8,7 @@ the file is durable; the caller acknowledges/commits them then, never before.
 Replays: on first sight of a partition the sink rolls forward interrupted flushes and reads the
 last durable offset from the lake's file names; messages at or below it are handed straight
 back (already in the lake). A replay from offset 0, with any flush boundaries, adds no rows.
+Rows an upstream worker re-emitted at new offsets are dropped by their key (`lake.dedup`).
 
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from costpipe.metrics import STAGE
+from lake.dedup import UniqueIndex
 from lake.layout import Lake, table
 from lake.writer import WrittenFile, conform, durable_high_water, recover, write_range
 
@@ -64,6 +66,7 @@ class LakeSink:
         self._clock = clock
         self._buffers: dict[Key, _Buffer] = {}
         self._high_water: dict[Key, int] = {}
+        self._unique = UniqueIndex(lake)
         self.skipped_messages = 0
 
     def high_water(self, key: Key) -> int:
@@ -109,12 +112,14 @@ class LakeSink:
         if batches:
             schema = table(table_name).schema
             data = pa.concat_tables([conform(b, schema) for b in batches]).combine_chunks()
+            data = self._unique.fresh(key, data)
             files = write_range(
                 self.lake, table_name, data, topic, partition,
                 buffer.first_offset, buffer.last_offset,
             )
-            self._high_water[key] = buffer.last_offset
+            self._unique.record(key, data)
             _STAGE.rows_out(data.num_rows)
+        self._high_water[key] = buffer.last_offset
         return Flushed(key, buffer.first_offset, buffer.last_offset, buffer.rows, files,
                        buffer.tokens)
 
@@ -130,4 +135,5 @@ class LakeSink:
             del self._buffers[key]
         for key in [k for k in self._high_water if k[1:] == (topic, partition)]:
             del self._high_water[key]
+        self._unique.forget(topic, partition)
 

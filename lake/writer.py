@@ -29,7 +29,10 @@ from lake.layout import (
     STAGING_DIR,
     TMP_PREFIX,
     Lake,
+    Table,
+    bucket_partition,
     data_file_name,
+    hour_buckets,
     parse_data_file_name,
     partition_dir,
     table,
@@ -37,7 +40,6 @@ from lake.layout import (
 
 ROW_GROUP_SIZE = 1_000_000  # large groups: DuckDB scans and prunes per row group
 COMPRESSION = "zstd"
-_HOUR_US = 3_600_000_000
 
 
 @dataclass(frozen=True)
@@ -47,20 +49,28 @@ class WrittenFile:
     size: int = 0  # bytes
 
 
-def _split_by_hour(data: pa.Table, time_column: str) -> list[tuple[str, int, pa.Table]]:
-    """Vectorised: sort by hour bucket, slice at bucket changes. Returns (date, hour, rows)."""
-    micros = pc.cast(pc.cast(data[time_column], pa.timestamp("us", tz="UTC")), pa.int64())
-    buckets = np.floor_divide(micros.to_numpy(zero_copy_only=False), _HOUR_US)
-    order = np.argsort(buckets, kind="stable")
-    sorted_buckets = buckets[order]
-    data = data.take(pa.array(order))
+def _split_by_hour(data: pa.Table, spec: Table) -> list[tuple[str, int, pa.Table]]:
+    """Vectorised: sort by hour bucket (then the table's cluster keys), slice at bucket changes.
+
+    Returns (date, hour, rows).
+    """
+    buckets = hour_buckets(data, spec.time_column)
+    if spec.cluster_keys:
+        keyed = data.select(list(spec.cluster_keys)).append_column("__hour", pa.array(buckets))
+        order = pc.sort_indices(keyed, sort_keys=[("__hour", "ascending")]
+                                + [(name, "ascending") for name in spec.cluster_keys])
+        order_np = order.to_numpy()
+    else:
+        order_np = np.argsort(buckets, kind="stable")
+        order = pa.array(order_np)
+    sorted_buckets = buckets[order_np]
+    data = data.take(order)
     starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
     ends = np.r_[starts[1:], len(sorted_buckets)]
     out = []
     for start, end in zip(starts, ends, strict=True):
-        bucket = np.datetime64(int(sorted_buckets[start]) * _HOUR_US, "us")
-        date, clock = str(bucket).split("T")
-        out.append((date, int(clock[:2]), data.slice(int(start), int(end - start))))
+        date, hour = bucket_partition(int(sorted_buckets[start]))
+        out.append((date, hour, data.slice(int(start), int(end - start))))
     return out
 
 
@@ -138,7 +148,7 @@ def write_range(
     staging = lake.path(STAGING_DIR)
     lake.fs.create_dir(staging, recursive=True)
     moves: list[tuple[str, str, int, int]] = []
-    for date, hour, part in _split_by_hour(rows, spec.time_column):
+    for date, hour, part in _split_by_hour(rows, spec):
         prefix = _staging_prefix(table_name, topic, partition)
         tmp = f"{staging}/{prefix}{date}-{hour:02d}-{name}.part"
         size = _write_durable(lake, tmp, part)

@@ -47,6 +47,15 @@ def lake_raw_rows(root: Path) -> int:
                .fetchall()[0][0])
 
 
+def lake_raw_duplicates(root: Path) -> int:
+    """Rows in the costs Parquet files whose (record_id, record_type) another row already has."""
+    if not any((root / "costs").rglob("*.parquet")):
+        return 0
+    return int(duckdb.sql(
+        "SELECT count(*) - count(DISTINCT (record_id, record_type)) "
+        f"FROM read_parquet('{root}/costs/**/*.parquet')").fetchall()[0][0])
+
+
 def wait_until(check: Callable[[], bool], timeout: float, every: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -30,7 +30,13 @@ import pytest
 
 from collectors.simulator import simulate
 from schemas.records import COST_RECORD
-from tests.reliability.support import lake_costs, lake_raw_rows, scaled, wait_until
+from tests.reliability.support import (
+    lake_costs,
+    lake_raw_duplicates,
+    lake_raw_rows,
+    scaled,
+    wait_until,
+)
 from tests.streams_support.harness import StreamsRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(600)]
@@ -105,6 +111,7 @@ def test_random_sigkills_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_pa
         time.sleep(3)  # let any straggling duplicate land before judging
         got = lake_costs(lake)
         raw_rows = lake_raw_rows(lake)
+        raw_duplicates = lake_raw_duplicates(lake)
         assert final.poll() is None, run.logs()
         emitted = run.read(run.settings.topics.costs, COST_RECORD,
                            lambda t: t.num_rows >= summary.requests, timeout=30)
@@ -116,9 +123,11 @@ def test_random_sigkills_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_pa
     print(f"\nevents {summary.requests}, kills {kills} at lake rows {rows_at_kill}, "
           f"lake rows {got.rows}, distinct {got.distinct_ids}, cost {got.cost}, "
           f"duplicate cost records on the costs topic (re-emitted after kills) {replayed}, "
-          f"raw lake rows {raw_rows}, concurrent DuckDB reads {len(reads)} "
+          f"raw lake rows {raw_rows} (duplicate keys {raw_duplicates}), "
+          f"concurrent DuckDB reads {len(reads)} "
           f"(errors {len(read_errors)})")
     assert not read_errors, read_errors[:5]
+    assert raw_duplicates == 0, "the sink wrote a re-emitted record twice"
     assert got.rows == summary.requests, (got, run.logs()[-3000:])
     assert got.distinct_ids == summary.requests, got
     assert got.input_tokens == summary.input_tokens
