@@ -5,10 +5,12 @@
 -- rounded to the pico-dollar; sum(idle_allocated) can differ from sum(idle_cost) by < 1e-9 $
 -- per line.
 CREATE OR REPLACE VIEW idle_allocation AS
+-- (Reads the lake directly, not cost_daily: only own-model rows and no team column to decode.)
 WITH daily AS MATERIALIZED (
-    SELECT day, operation, provider_kind, provider, model, record_type,
-           sum(requests) AS requests, sum(cost) AS cost, sum(shadow_cost) AS shadow_cost
-    FROM cost_daily
+    SELECT "date" AS day, operation, provider, model, record_type,
+           count(*) FILTER (WHERE record_type = 'request') AS requests, sum(cost) AS cost,
+           coalesce(sum(shadow_cost), 0) AS shadow_cost
+    FROM costs
     WHERE provider_kind = 'internal'
     GROUP BY ALL
 ),
