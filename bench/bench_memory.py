@@ -3,12 +3,15 @@
 The window key is operation x provider_kind x provider x model. Own-model rows get their
 `model` drawn from `--keys` distinct names (own models are costed from GPU time, so any name is
 valid), which gives up to that many distinct keys per window. The simulator sends in real time
-(`--rate` requests/s, half the measured maximum by default) for `--duration` seconds; the
-worker's RSS is sampled every 5 s. Flat = end RSS within 10% of the RSS after the first
-`--settle` seconds.
+(`--rate` requests/s, about half the measured end-to-end maximum by default) for `--duration`
+seconds; the worker's RSS is sampled every 5 s.
+
+State legitimately fills while windows are still kept: window + lateness + the correction
+horizon (`windows.correction_horizon_seconds`). `--settle` defaults to that span plus 45 s;
+flat = end RSS within 10% of the RSS at the settle point.
 
     .venv/bin/python bench/bench_memory.py \
-        [--duration 180] [--rate 5000] [--keys 100000]
+        [--duration 600] [--rate 3000] [--keys 100000] [--horizon SECONDS]
 Last line: JSON with start/end/max RSS (MiB) and the growth.
 """
 
@@ -41,17 +44,30 @@ def rss_mib(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=180, help="seconds (issue: 600)")
-    parser.add_argument("--rate", type=float, default=5000.0, help="requests/s")
+    parser.add_argument("--duration", type=int, default=600, help="seconds")
+    parser.add_argument("--rate", type=float, default=3000.0,
+                        help="requests/s (half the e2e maximum, bench/RESULTS.md)")
     parser.add_argument("--keys", type=int, default=100_000, help="distinct own-model names")
     parser.add_argument("--window", type=int, default=10, help="window seconds")
-    parser.add_argument("--settle", type=int, default=60, help="seconds before 'start' RSS")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="windows.correction_horizon_seconds (default: the settings')")
+    parser.add_argument("--settle", type=int, default=None,
+                        help="seconds before 'start' RSS (default: retention span + 45 s)")
     args = parser.parse_args()
 
-    # 10 s windows: a 60 s window with ~100k keys closes into one windows message above the
-    # 10 MB request limit and crashes the merger (see bench/FINDINGS.md); all keys still occur.
-    run = fresh_run({"COSTPIPE_LAKE__FLUSH_SECONDS": "2",
-                     "COSTPIPE_WINDOWS__SECONDS": str(args.window)})
+    # 10 s windows keep the run short relative to the retention span; all keys still occur.
+    overrides = {"COSTPIPE_LAKE__FLUSH_SECONDS": "2", "COSTPIPE_WINDOWS__SECONDS": str(args.window)}
+    if args.horizon is not None:
+        overrides["COSTPIPE_WINDOWS__CORRECTION_HORIZON_SECONDS"] = str(args.horizon)
+    run = fresh_run(overrides)
+    windows = run.settings.windows
+    span = windows.seconds + windows.allowed_lateness_seconds + windows.correction_horizon_seconds
+    settle = args.settle if args.settle is not None else span + 45
+    if settle >= args.duration:
+        raise SystemExit(f"--duration {args.duration} s ends before the settle point {settle} s "
+                         f"(window + lateness + horizon = {span} s): run longer or lower "
+                         "--horizon")
+    print(f"retention span {span} s; start RSS taken at {settle} s", file=sys.stderr)
     create_topics(run)
     names = pa.array([f"own-model-{i:06d}" for i in range(args.keys)])
     rng = np.random.default_rng(7)
@@ -91,15 +107,16 @@ def main() -> None:
         stop(worker)
     if not alive or not samples:
         raise SystemExit(f"worker died during the run; see {run.folder}/worker.log")
-    settled = [rss for t, rss in samples if t >= args.settle] or [samples[-1][1]]
+    settled = [rss for t, rss in samples if t >= settle] or [samples[-1][1]]
     start, end = settled[0], samples[-1][1]
     result = {
         "duration_s": args.duration, "rate": args.rate, "keys": args.keys,
+        "settle_s": settle, "horizon_s": windows.correction_horizon_seconds,
         "rss_start_mib": start, "rss_end_mib": end, "rss_max_mib": max(r for _, r in samples),
         "growth_pct": 100 * (end - start) / start, "flat": end <= start * 1.10,
         "samples": [[round(t), round(r, 1)] for t, r in samples],
     }
-    print(f"RSS after {args.settle} s: {start:.0f} MiB, end: {end:.0f} MiB "
+    print(f"RSS after {settle} s: {start:.0f} MiB, end: {end:.0f} MiB "
           f"({result['growth_pct']:+.1f}%)", file=sys.stderr)
     shutil.rmtree(run.folder, ignore_errors=True)
     emit(result)

@@ -143,9 +143,10 @@ class WindowSettings(_Section):
         description="Wait after window end; keep >= gpu bucket + gpu lateness (own-model costs)",
     )
     correction_horizon_seconds: int = Field(
-        default=3600, ge=0, le=30 * 86_400,
+        default=300, ge=0, le=30 * 86_400,
         description="Keep closed windows' state this long after end + lateness (late deltas "
-                    "merge into it); older state is evicted, later partials still emit deltas",
+                    "merge into it); older state is evicted, later partials still emit deltas, "
+                    "so totals stay exact either way: this bounds memory (keys x windows kept)",
     )
 
 
