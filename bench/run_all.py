@@ -325,7 +325,7 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
     md += ["", "## Notes per benchmark", ""]
     for bench in selected:
         result = results[bench.name]
-        loads = ", ".join(f"{x:.2f}" for x in result["load"])
+        loads = ", ".join(f"{x:.2f}" for x in result["load"]) or "not recorded"
         md.append(f"- **{bench.name}** — {bench.title} ({result.get('date', 'this run')}). "
                   f"Command: "
                   f"`{' '.join(Path(c).name if c == PY else c for c in bench.cmd)}`; "
@@ -336,7 +336,10 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
     for bench in selected:
         for error in results[bench.name]["errors"]:
             console.print(f"[red]{bench.name} {error}[/red]")
-    output.write_text("\n".join(md) + "\n", encoding="utf-8")
+    # bench/soak.py appends its own section; a re-run of the benchmarks must not drop it
+    previous = output.read_text(encoding="utf-8") if output.exists() else ""
+    soak = previous[previous.index("\n## Soak"):] if "\n## Soak" in previous else ""
+    output.write_text("\n".join(md) + "\n" + soak, encoding="utf-8")
     console.print(f"wrote {output}")
 
 
