@@ -2,31 +2,43 @@
 
 Why: the streams are at-least-once. A costing worker killed after emitting cost records but
 before committing its input re-emits them at new offsets of the same costs partition (records
-are keyed by their source partition), with the same row identity (`Table.unique_key`) and the
-same time column, so a re-emitted row always lands in the same (topic, partition, hour) of the
-lake as its first copy. De-duplicating in the views instead costs a global hash partition per
-query: 4.5 s vs 0.08 s for count(*) over 10M rows on 2 cores (bench/RESULTS.md).
+are keyed by their source partition). The copies have the same row identity
+(`Table.unique_key`) and the same time column, so a re-emitted row always lands in the same
+(topic, partition, hour) of the lake as its first copy. De-duplicating in the views instead
+costs a global hash partition per query: 4.5 s vs 0.08 s for count(*) over 10M rows on 2 cores.
 
-How: per (table, topic, partition, hour) a set of 64-bit hashes of the keys the lake already
-holds, loaded from that hour's files on first touch (the lake is the truth, so a restart or a
-rebalance rebuilds it exactly) and extended after each durable write. A hash hit is only a
-candidate: it is confirmed against the actual key columns in the lake before a row is dropped,
-so a hash collision can never lose a record. Hours not touched recently are evicted and
-reloaded on demand, which bounds memory by `max_hours`, not by the lake's size.
+How: the lake is the truth and memory is only a cache of it. For each (table, topic,
+partition) the sink keeps sets of 64-bit hashes of the keys the lake holds, one set per
+5-minute slice of the time column. The first time a slice is needed, the sink fills every
+slice of that hour from the hour's files, so a restart or a rebalance rebuilds the sets
+exactly. Each durable write adds its keys. A hash hit is only a candidate: it is checked
+against the actual key columns in the lake before a row is dropped, so a hash collision can
+never lose a record. A slice nobody has touched for `idle_seconds` is evicted and reloaded if a
+late row needs it again. Memory therefore follows the recent rate (about 8 bytes per key of the
+last few minutes), not the size of an hour or of the lake.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from prometheus_client import Counter
 
-from lake.layout import Lake, bucket_partition, hour_buckets, parse_data_file_name, partition_dir
+from lake.layout import (
+    HOUR_US,
+    Lake,
+    bucket_partition,
+    parse_data_file_name,
+    partition_dir,
+)
 from lake.layout import table as lake_table
 
 DUPLICATES = Counter("costpipe_lake_duplicate_rows_total",
@@ -34,6 +46,9 @@ DUPLICATES = Counter("costpipe_lake_duplicate_rows_total",
                      ["table"])
 
 Key = tuple[str, str, int]  # (table, topic, partition)
+Slot = tuple[Key, int]  # (key, slice number since the epoch)
+SLICE_US = 300_000_000  # divides an hour: every slice lies in one hour folder
+_SLICES_PER_HOUR = HOUR_US // SLICE_US
 _SEED = 0x5EED
 
 
@@ -79,29 +94,38 @@ def first_per_key(data: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     return frame.select(pl.struct(list(columns)).is_first_distinct()).to_series().to_numpy()
 
 
-class UniqueIndex:
-    """Which unique keys the lake already holds, per (table, topic, partition, hour)."""
+def time_slices(data: pa.Table, time_column: str) -> np.ndarray:
+    micros = pc.cast(pc.cast(data[time_column], pa.timestamp("us", tz="UTC")), pa.int64())
+    return np.floor_divide(micros.to_numpy(zero_copy_only=False), SLICE_US)
 
-    def __init__(self, lake: Lake, max_hours: int = 6) -> None:
+
+class UniqueIndex:
+    """Which unique keys the lake already holds, per (table, topic, partition, time slice)."""
+
+    def __init__(self, lake: Lake, idle_seconds: float = 120.0, max_slots: int = 256,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.lake = lake
-        self.max_hours = max_hours
-        self._hours: OrderedDict[tuple[Key, int], HashSet] = OrderedDict()
+        self.idle_seconds = idle_seconds
+        self.max_slots = max_slots
+        self._clock = clock
+        self._slots: OrderedDict[Slot, tuple[HashSet, float]] = OrderedDict()
 
     def fresh(self, key: Key, data: pa.Table) -> pa.Table:
         """The rows of `data` whose key is neither in the lake nor earlier in `data`."""
-        columns = lake_table(key[0]).unique_key
-        if not columns or data.num_rows == 0:
+        spec = lake_table(key[0])
+        if not spec.unique_key or data.num_rows == 0:
             return data
-        keep = first_per_key(data, columns)
-        hashes = key_hashes(data, columns)
-        buckets = hour_buckets(data, lake_table(key[0]).time_column)
+        self._evict_idle()
+        keep = first_per_key(data, spec.unique_key)
+        hashes = key_hashes(data, spec.unique_key)
+        slices = time_slices(data, spec.time_column)
         candidate = np.zeros(data.num_rows, dtype=bool)
-        for bucket in np.unique(buckets):
-            rows = buckets == bucket
-            candidate[rows] = self._hour(key, int(bucket)).contains(hashes[rows])
+        for number in np.unique(slices):
+            rows = slices == number
+            candidate[rows] = self._slot(key, int(number)).contains(hashes[rows])
         candidate &= keep
         if candidate.any():
-            keep &= ~self._held(key, data, np.flatnonzero(candidate), buckets, columns)
+            keep &= ~self._held(key, data, np.flatnonzero(candidate), slices, spec.unique_key)
         dropped = data.num_rows - int(keep.sum())
         if dropped:
             DUPLICATES.labels(key[0]).inc(dropped)
@@ -114,61 +138,85 @@ class UniqueIndex:
         if not spec.unique_key or data.num_rows == 0:
             return
         hashes = key_hashes(data, spec.unique_key)
-        buckets = hour_buckets(data, spec.time_column)
-        for bucket in np.unique(buckets):
-            self._hour(key, int(bucket)).add(hashes[buckets == bucket])
+        slices = time_slices(data, spec.time_column)
+        for number in np.unique(slices):
+            # a slot missing here is loaded from the lake, which already holds `data`
+            self._slot(key, int(number)).add(hashes[slices == number])
 
     def forget(self, topic: str, partition: int) -> None:
-        for slot in [s for s in self._hours if s[0][1:] == (topic, partition)]:
-            del self._hours[slot]
+        for slot in [s for s in self._slots if s[0][1:] == (topic, partition)]:
+            del self._slots[slot]
+
+    def held_keys(self) -> int:
+        """Keys cached in memory (for tests and metrics)."""
+        return sum(len(found) for found, _ in self._slots.values())
+
+    # -- the cache
+    def _slot(self, key: Key, number: int) -> HashSet:
+        slot = (key, number)
+        entry = self._slots.get(slot)
+        if entry is None:
+            self._load_hour(key, number // _SLICES_PER_HOUR)
+            entry = self._slots[slot]
+        self._slots[slot] = (entry[0], self._clock())
+        self._slots.move_to_end(slot)
+        return entry[0]
+
+    def _evict_idle(self) -> None:
+        cutoff = self._clock() - self.idle_seconds
+        while self._slots:
+            slot, (_, touched) = next(iter(self._slots.items()))
+            if touched >= cutoff and len(self._slots) <= self.max_slots:
+                break
+            del self._slots[slot]
+
+    def _load_hour(self, key: Key, hour: int) -> None:
+        """Fill every slice of one hour from the lake (empty sets where it holds nothing)."""
+        spec = lake_table(key[0])
+        now = self._clock()
+        sets = {hour * _SLICES_PER_HOUR + i: HashSet() for i in range(_SLICES_PER_HOUR)}
+        held = self._read(key, hour, (*spec.unique_key, spec.time_column))
+        if held is not None and held.num_rows:
+            hashes = key_hashes(held, spec.unique_key)
+            slices = time_slices(held, spec.time_column)
+            for number in np.unique(slices):
+                if int(number) in sets:
+                    sets[int(number)].add(hashes[slices == number])
+        for number, found in sets.items():
+            slot = (key, number)
+            if slot not in self._slots:  # never replace a slot that is already complete
+                self._slots[slot] = (found, now)
 
     # -- the lake side
-    def _files(self, key: Key, bucket: int) -> list[str]:
+    def _read(self, key: Key, hour: int, columns: tuple[str, ...]) -> pa.Table | None:
         table_name, topic, partition = key
-        date, hour = bucket_partition(bucket)
-        folder = self.lake.path(partition_dir(table_name, date, hour))
+        date, clock = bucket_partition(hour)
+        folder = self.lake.path(partition_dir(table_name, date, clock))
         infos = self.lake.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-        return sorted(
+        files = sorted(
             info.path for info in infos
             if (parsed := parse_data_file_name(info.base_name)) and parsed[:2] == (topic, partition)
         )
-
-    def _read_keys(self, key: Key, bucket: int) -> pa.Table | None:
-        files = self._files(key, bucket)
         if not files:
             return None
-        columns = list(lake_table(key[0]).unique_key)
         return pa.concat_tables(
-            pq.read_table(path, columns=columns, filesystem=self.lake.fs) for path in files)
+            pq.read_table(path, columns=list(dict.fromkeys(columns)), filesystem=self.lake.fs)
+            for path in files)
 
-    def _hour(self, key: Key, bucket: int) -> HashSet:
-        slot = (key, bucket)
-        found = self._hours.get(slot)
-        if found is not None:
-            self._hours.move_to_end(slot)
-            return found
-        found = HashSet()
-        held = self._read_keys(key, bucket)
-        if held is not None:
-            found.add(key_hashes(held, lake_table(key[0]).unique_key))
-        self._hours[slot] = found
-        while len(self._hours) > self.max_hours:
-            self._hours.popitem(last=False)
-        return found
-
-    def _held(self, key: Key, data: pa.Table, rows: np.ndarray, buckets: np.ndarray,
+    def _held(self, key: Key, data: pa.Table, rows: np.ndarray, slices: np.ndarray,
               columns: tuple[str, ...]) -> np.ndarray:
         """Exact check of hash hits: mask over `data` of candidate rows the lake really holds."""
         held = np.zeros(data.num_rows, dtype=bool)
-        for bucket in np.unique(buckets[rows]):
-            in_bucket = rows[buckets[rows] == bucket]
-            stored = self._read_keys(key, int(bucket))
+        hours = slices[rows] // _SLICES_PER_HOUR
+        for hour in np.unique(hours):
+            in_hour = rows[hours == hour]
+            stored = self._read(key, int(hour), columns)
             if stored is None:
                 continue
-            probe = pl.from_arrow(data.select(list(columns)).take(pa.array(in_bucket)))
+            probe = pl.from_arrow(data.select(list(columns)).take(pa.array(in_hour)))
             lake_keys = pl.from_arrow(stored)
             assert isinstance(probe, pl.DataFrame) and isinstance(lake_keys, pl.DataFrame)
             found = probe.with_row_index("_row").join(
                 lake_keys.unique(), on=list(columns), how="semi", nulls_equal=True)
-            held[in_bucket[found["_row"].to_numpy()]] = True
+            held[in_hour[found["_row"].to_numpy()]] = True
         return held

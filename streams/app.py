@@ -13,11 +13,47 @@ import os
 from typing import Any
 
 import faust
+from faust.transport.consumer import Consumer
+from prometheus_client import Counter
 
 from costpipe.kafka_config import faust_broker_options
 from costpipe.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+STALE_ACKS = Counter("costpipe_stale_acks_refused_total",
+                     "Acks refused for messages fetched before the latest rebalance (re-read)")
+
+
+def _refuse_stale_generation_acks() -> None:
+    """Never acknowledge a message fetched before the latest rebalance.
+
+    faust-streaming skips such a message in `Stream._py_aiter` (its generation_id is stale)
+    but still acks it. If the skipped offset is the next one to commit, the commit moves past
+    it, and the seek after the rebalance can then start beyond a message that no agent ever
+    processed. Seen once in the SIGKILL reliability test: request offset 52 produced nothing
+    on any output topic, 51 and 53 did, and its 964 events never reached the lake. Refusing
+    the ack leaves the offset uncommitted, so it is read again, which at-least-once plus
+    idempotent state makes safe.
+    """
+    if getattr(Consumer.ack, "_costpipe_guard", False):
+        return
+    original = Consumer.ack
+
+    def ack(self: Consumer, message: Any) -> bool:
+        generation = getattr(message, "generation_id", None)
+        if generation is not None and generation != self.app.consumer_generation_id:
+            self._unacked_messages.discard(message)
+            STALE_ACKS.inc()
+            log.info("not acking %s@%d: fetched before the last rebalance, it will be read "
+                     "again", message.tp, message.offset)
+            return False
+        return original(self, message)
+
+    ack._costpipe_guard = True  # type: ignore[attr-defined]
+    Consumer.ack = ack  # type: ignore[method-assign]
+
+
+_refuse_stale_generation_acks()
 
 
 def create_app(settings: Settings) -> faust.App:

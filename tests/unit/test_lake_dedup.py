@@ -110,13 +110,16 @@ def test_windows_revisions_are_distinct_and_re_emitted_windows_are_not(tmp_path)
     assert rows == 2 * windows.num_rows
 
 
-def test_memory_is_bounded_by_hours_not_by_the_lake(tmp_path):
-    data = sample.costs(20_000, days=2)  # 48 hours
-    index = UniqueIndex(open_lake(str(tmp_path)), max_hours=4)
-    index.record(KEY, data)
-    assert len(index._hours) == 4
+def test_memory_follows_recent_slices_and_eviction_stays_exact(tmp_path):
+    """Idle slices leave memory; a late re-emission for one reloads it from the lake."""
+    now = [0.0]
+    data = sample.costs(20_000, days=2).sort_by("timestamp")  # 48 hours of event time
     sink = _sink(tmp_path)
-    sink._unique.max_hours = 4
-    _flush(sink, 0, data)
-    _flush(sink, 100, data)  # every hour evicted and reloaded from the lake: still exact
+    sink._unique = UniqueIndex(sink.lake, idle_seconds=60, clock=lambda: now[0])
+    for offset, start in enumerate(range(0, 20_000, 2_000)):
+        _flush(sink, offset * 10, data.slice(start, 2_000))
+        now[0] += 30  # ~5 hours of event time per 30 s of wall time
+    assert sink._unique.held_keys() < 20_000 * 4 / 10  # the last minute or so, not 48 hours
+    _flush(sink, 500, data.slice(0, 3_000))  # the oldest rows, re-emitted late
+    _flush(sink, 600, data)  # and everything again
     assert _raw(tmp_path) == (20_000, 20_000)
