@@ -27,17 +27,18 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from prometheus_client import Counter
 
 from lake.layout import (
     HOUR_US,
+    Key,
     Lake,
     bucket_partition,
     parse_data_file_name,
     partition_dir,
+    time_buckets,
 )
 from lake.layout import table as lake_table
 
@@ -45,7 +46,6 @@ DUPLICATES = Counter("costpipe_lake_duplicate_rows_total",
                      "Rows not written because the lake already held their key (replays)",
                      ["table"])
 
-Key = tuple[str, str, int]  # (table, topic, partition)
 Slot = tuple[Key, int]  # (key, slice number since the epoch)
 SLICE_US = 300_000_000  # divides an hour: every slice lies in one hour folder
 _SLICES_PER_HOUR = HOUR_US // SLICE_US
@@ -95,8 +95,7 @@ def first_per_key(data: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
 
 
 def time_slices(data: pa.Table, time_column: str) -> np.ndarray:
-    micros = pc.cast(pc.cast(data[time_column], pa.timestamp("us", tz="UTC")), pa.int64())
-    return np.floor_divide(micros.to_numpy(zero_copy_only=False), SLICE_US)
+    return time_buckets(data, time_column, SLICE_US)
 
 
 class UniqueIndex:

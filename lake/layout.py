@@ -53,6 +53,8 @@ TABLES: Final[dict[str, Table]] = {
     )
 }
 
+Key = tuple[str, str, int]  # (table, topic, partition): what one sink buffer and its files cover
+
 _NAME = re.compile(
     r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})\.parquet$"
 )
@@ -84,10 +86,15 @@ def partition_dir(table_name: str, date: str, hour: int) -> str:
 HOUR_US: Final = 3_600_000_000
 
 
+def time_buckets(data: pa.Table, time_column: str, width_us: int) -> np.ndarray:
+    """Per row, floor(time / width) in whole widths since the epoch (UTC)."""
+    micros = pc.cast(pc.cast(data[time_column], pa.timestamp("us", tz="UTC")), pa.int64())
+    return np.floor_divide(micros.to_numpy(zero_copy_only=False), width_us)
+
+
 def hour_buckets(data: pa.Table, time_column: str) -> np.ndarray:
     """Per row, the hour partition it lands in, as whole hours since the epoch (UTC)."""
-    micros = pc.cast(pc.cast(data[time_column], pa.timestamp("us", tz="UTC")), pa.int64())
-    return np.floor_divide(micros.to_numpy(zero_copy_only=False), HOUR_US)
+    return time_buckets(data, time_column, HOUR_US)
 
 
 def bucket_partition(bucket: int) -> tuple[str, int]:

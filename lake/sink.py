@@ -23,10 +23,9 @@ import pyarrow as pa
 
 from costpipe.metrics import STAGE
 from lake.dedup import UniqueIndex
-from lake.layout import Lake, table
+from lake.layout import Key, Lake, table
 from lake.writer import WrittenFile, conform, durable_high_water, recover, write_range
 
-Key = tuple[str, str, int]  # (table, topic, partition)
 _STAGE = STAGE["lake_sink"]
 
 

@@ -55,15 +55,10 @@ def _split_by_hour(data: pa.Table, spec: Table) -> list[tuple[str, int, pa.Table
     Returns (date, hour, rows).
     """
     buckets = hour_buckets(data, spec.time_column)
-    if spec.cluster_keys:
-        keyed = data.select(list(spec.cluster_keys)).append_column("__hour", pa.array(buckets))
-        order = pc.sort_indices(keyed, sort_keys=[("__hour", "ascending")]
-                                + [(name, "ascending") for name in spec.cluster_keys])
-        order_np = order.to_numpy()
-    else:
-        order_np = np.argsort(buckets, kind="stable")
-        order = pa.array(order_np)
-    sorted_buckets = buckets[order_np]
+    keyed = data.select(list(spec.cluster_keys)).append_column("__hour", pa.array(buckets))
+    order = pc.sort_indices(keyed, sort_keys=[("__hour", "ascending")]
+                            + [(name, "ascending") for name in spec.cluster_keys])
+    sorted_buckets = buckets[order.to_numpy()]
     data = data.take(order)
     starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
     ends = np.r_[starts[1:], len(sorted_buckets)]
