@@ -47,18 +47,26 @@ from bench.common import (
     stop,
 )
 from collectors.heartbeat import send_watermark
-from collectors.producer import producer_for
+from collectors.producer import BatchingProducer, producer_for
 from collectors.simulator import simulate
 from costpipe.kafka_config import confluent_consumer, confluent_producer
 from schemas.codec import ARROW, encode_arrow, headers_for
+from schemas.records import REQUEST_EVENT
 
 QUIX_PY = ROOT / "bench" / ".venv-quix" / "bin" / "python"
 
 
-def fill(run: Run, rate: int, duration_s: int, json_topic: str) -> tuple[int, int, int]:
-    """Simulate into Kafka; mirror requests as per-event JSON. Returns (requests, end_us, msgs)."""
+def fill(run: Run, rate: int, duration_s: int, json_topic: str,
+         envelope_rows: int | None = None) -> tuple[int, int, int]:
+    """Simulate into Kafka; mirror requests as per-event JSON. Returns (requests, end_us, msgs).
+
+    `envelope_rows` overrides the collectors' envelope size (rows per Arrow message).
+    """
     tables: list[pa.Table] = []
-    requests = producer_for(run.settings, "requests")
+    requests = producer_for(run.settings, "requests") if envelope_rows is None else \
+        BatchingProducer(run.settings, run.settings.topics.requests, REQUEST_EVENT,
+                         "request_event", metrics=False, max_rows=envelope_rows,
+                         max_bytes=64 * envelope_rows * 1024)
 
     def sink(table: pa.Table) -> None:
         tables.append(table)
@@ -67,6 +75,8 @@ def fill(run: Run, rate: int, duration_s: int, json_topic: str) -> tuple[int, in
     summary = simulate(run.settings, rate=rate, duration_s=duration_s, seed=1, gpus=16,
                        as_fast_as_possible=True, request_sink=sink, flush_timeout_s=300)
     requests.flush(300)
+    if envelope_rows is not None:
+        requests.close()
     end_us = int(summary.end.timestamp() * 1_000_000)
     gpu = run.settings.gpu
     tail_ticks(run, summary.end, gpu.bucket_seconds + gpu.allowed_lateness_seconds + 15)
@@ -180,19 +190,24 @@ def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[s
 
 
 def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
-            timeout: float) -> dict[str, float]:
+            timeout: float, envelope_rows: int | None = None,
+            only_costpipe: bool = False) -> dict[str, float]:
     run = fresh_run({"COSTPIPE_LAKE__FLUSH_SECONDS": "1",
                      })
     json_topic = f"bench.json.{run.suffix}.v1"
     create_topics(run, {json_topic: run.settings.topics.partitions})
     print(f"  run {run.suffix}: filling topics ...", file=sys.stderr, flush=True)
-    requests, end_us, messages = fill(run, rate, duration_s, json_topic)
+    requests, end_us, messages = fill(run, rate, duration_s, json_topic, envelope_rows)
     boot = run.settings.bootstrap_servers
     print(f"  {requests:,} requests in {messages:,} Arrow messages; costpipe worker ...",
           file=sys.stderr, flush=True)
     cp = run_costpipe(run, requests, end_us, timeout)
     print(f"  costpipe {cp['events_per_s']:,.0f} events/s; limit ...", file=sys.stderr,
           flush=True)
+    if only_costpipe:
+        subprocess.run(["rm", "-rf", str(run.folder)], check=False)
+        return {"requests": requests, "arrow_messages": messages,
+                "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"]}
     raw = run_json([PY, "bench/peers/raw_consume.py", boot, run.settings.topics.requests,
                     str(messages)])
     limit = requests / raw["seconds"]
@@ -233,9 +248,19 @@ def main() -> None:
     parser.add_argument("--quix-events", type=int, default=200_000)
     parser.add_argument("--faust-events", type=int, default=20_000)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--envelope-rows", type=int, default=None,
+                        help="rows per Arrow envelope from the collectors (default: the "
+                             "producer's)")
+    parser.add_argument("--only-costpipe", action="store_true",
+                        help="skip the limit and the peers (quick before/after of a change)")
     args = parser.parse_args()
     result = one_run(args.rate, args.duration, args.quix_events, args.faust_events,
-                     args.timeout)
+                     args.timeout, args.envelope_rows, args.only_costpipe)
+    if args.only_costpipe:
+        print(f"costpipe {result['costpipe_events_per_s']:,.0f} ev/s "
+              f"({result['arrow_messages']:,} Arrow messages)", file=sys.stderr)
+        emit(result)
+        return
     print(f"costpipe {result['costpipe_events_per_s']:,.0f} ev/s | limit "
           f"{result['limit_events_per_s']:,.0f} | quix {result['quix_events_per_s']:,.0f} | "
           f"faust {result['faust_events_per_s']:,.0f}", file=sys.stderr)

@@ -41,7 +41,7 @@ from collectors import metrics
 from collectors.spool import Spool, SpoolBusyError, SpoolRecord
 from costpipe.kafka_config import confluent_producer
 from costpipe.settings import Settings
-from schemas.codec import encode_arrow, headers_for
+from schemas.codec import encode_arrow, encode_envelopes, headers_for
 from schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ class BatchingProducer:
         *,
         spool_dir: Path | None = None,
         metrics: bool = True,
-        max_rows: int = 1000,
-        max_bytes: int = 1024 * 1024,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
         linger_s: float = 0.2,
         max_queue: int = 200_000,
         delivery_timeout_s: float = 15.0,
@@ -88,7 +88,8 @@ class BatchingProducer:
         self.schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
         self._record = record
         self._headers = headers_for("arrow", record)
-        self._max_rows, self._max_bytes = max_rows, max_bytes
+        self._max_rows = max_rows or settings.kafka.envelope_rows
+        self._max_bytes = max_bytes or settings.kafka.envelope_bytes
         self._linger_s, self._max_queue = linger_s, max_queue
         self._key_prefix = f"{socket.gethostname()}/".encode()
         self._key_slots, self._key_counter = key_slots, 0
@@ -112,6 +113,7 @@ class BatchingProducer:
             # Another collector on this host owns the folder: keep a private one beside it.
             self._spool = Spool(Path(folder) / f"pid-{os.getpid()}-{id(self):x}")
         self._queue: deque[Mapping[str, Any] | pa.RecordBatch | pa.Table] = deque()
+        self._queued_rows = 0  # batch rows since the last drain (a wake-up hint, not exact)
         self._wake = threading.Event()
         self._flushes: deque[_FlushRequest] = deque()
         self._spill_lock = threading.Lock()
@@ -134,9 +136,10 @@ class BatchingProducer:
         """Queue one event; returns at once (the sender thread does the work)."""
         queue = self._queue
         queue.append(event)
-        if len(queue) >= self._max_rows:
-            if len(queue) >= self._max_queue:
-                self._spill()
+        queued = len(queue)
+        if queued >= self._max_queue:
+            self._spill()
+        if queued >= self._max_rows:
             self._wake.set()
 
     def emit_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
@@ -144,7 +147,9 @@ class BatchingProducer:
         if batch.num_rows == 0:
             return
         self._queue.append(batch)
-        self._wake.set()
+        self._queued_rows += batch.num_rows
+        if self._queued_rows >= self._max_rows:  # else the linger bound sends it
+            self._wake.set()
         if len(self._queue) >= self._max_queue:
             self._spill()
 
@@ -185,10 +190,13 @@ class BatchingProducer:
     def _run(self) -> None:
         while True:
             replaying = self._replay is not None or not self._spool.empty
-            self._wake.wait(0.02 if replaying else self._linger_s)
+            woken = self._wake.wait(0.02 if replaying else self._linger_s)
             self._wake.clear()
             try:
-                self._drain(force=True)
+                # Woken by a full envelope's worth of rows: the remainder waits for more rows
+                # or for the linger bound. A timeout, flush or stop sends everything.
+                self._drain(keep_tail=woken and not replaying and not self._flushes
+                            and not self._stop.is_set())
                 self._producer.poll(0)
                 self._replay_step()
                 if self._flushes:
@@ -210,16 +218,41 @@ class BatchingProducer:
             self._bytes_at = now
             metrics.SPOOL_BYTES.labels(*self._labels).set(self._spool.pending_bytes())
 
-    def _drain(self, force: bool) -> None:
-        """Turn queued items into envelopes; dicts are grouped, batches sliced to max_rows.
+    def _drain(self, keep_tail: bool = False) -> None:
+        """Turn queued items into envelopes of up to max_rows rows, in queue order.
 
+        Consecutive items are coalesced (events and batches alike): the worker's cost is mostly
+        per message, so a caller that hands over many small batches still gets full envelopes.
         Items are popped one at a time (the caller may spill the same deque concurrently), and
         whatever was popped is dispatched even if a later step fails.
         """
         queue = self._queue
-        if not force and len(queue) < self._max_rows:
-            return
+        self._queued_rows = 0
         events: list[Mapping[str, Any]] = []
+        tables: list[pa.Table] = []
+        rows = 0
+
+        def take(table: pa.Table | None) -> None:
+            nonlocal rows
+            if table is None or table.num_rows == 0:
+                return
+            tables.append(table)
+            rows += table.num_rows
+            if rows >= self._max_rows:
+                ship(keep_tail=True)
+
+        def ship(keep_tail: bool) -> None:
+            nonlocal rows, tables
+            if not tables:
+                return
+            whole = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            tables, rows = [], 0
+            full = whole.num_rows - whole.num_rows % self._max_rows if keep_tail \
+                else whole.num_rows
+            self._dispatch(whole.slice(0, full))
+            if full < whole.num_rows:
+                tables, rows = [whole.slice(full)], whole.num_rows - full
+
         try:
             while True:
                 try:
@@ -230,22 +263,23 @@ class BatchingProducer:
                     events.append(item)
                     if len(events) >= self._max_rows:
                         batch, events = events, []
-                        self._dispatch(self._to_batch(batch))
+                        take(self._to_batch(batch))
                     continue
                 if events:
                     batch, events = events, []
-                    self._dispatch(self._to_batch(batch))
+                    take(self._to_batch(batch))
                 try:
-                    table = self._conform(item)
+                    take(self._conform(item))
                 except (pa.ArrowException, TypeError, ValueError) as exc:
                     for row in item.to_pylist():  # rare: a batch that does not fit the schema
                         self._reject(row, str(exc))
-                    continue
-                for offset in range(0, table.num_rows, self._max_rows):
-                    self._dispatch(table.slice(offset, self._max_rows))
         finally:
             if events:
-                self._dispatch(self._to_batch(events))
+                take(self._to_batch(events))
+            ship(keep_tail=keep_tail)
+            if tables:  # less than one envelope, kept back: first in line for the next drain
+                queue.appendleft(tables[0])
+                self._queued_rows += rows
 
     def _to_batch(self, events: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
@@ -284,15 +318,12 @@ class BatchingProducer:
     def _dispatch(self, table: pa.Table | None) -> None:
         if table is None or table.num_rows == 0:
             return
-        payload = encode_arrow(table)
-        if len(payload) > self._max_bytes and table.num_rows > 1:
-            half = table.num_rows // 2
-            self._dispatch(table.slice(0, half))
-            self._dispatch(table.slice(half))
-            return
+        for payload, rows in encode_envelopes(table, self._max_rows, self._max_bytes):
+            self._send_envelope(payload, rows)
+
+    def _send_envelope(self, payload: bytes, rows: int) -> None:
         key = self._key_prefix + str(self._key_counter % self._key_slots).encode()
         self._key_counter += 1
-        rows = table.num_rows
         if not self._spool.empty or self._replay is not None:
             self._to_spool([(key, payload, rows)])  # keep order behind what is spooled
             return
@@ -373,7 +404,7 @@ class BatchingProducer:
 
     def _serve_flushes(self) -> None:
         deadline = min(r.deadline for r in self._flushes)
-        self._drain(force=True)
+        self._drain()
         self._producer.flush(max(0.0, deadline - time.monotonic()))
         while not self._spool.empty or self._replay is not None:
             if time.monotonic() >= deadline:
@@ -390,7 +421,7 @@ class BatchingProducer:
 
     def _shutdown(self) -> None:
         """Last words: anything Kafka still holds is purged and spooled (callbacks do it)."""
-        self._drain(force=True)
+        self._drain()
         self._producer.flush(1.0)
         self._producer.purge(in_queue=True, in_flight=True)
         self._producer.poll(0)

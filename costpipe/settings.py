@@ -50,6 +50,14 @@ class KafkaSettings(_Section):
     ssl_keyfile: str | None = None
     compression: Literal["lz4", "zstd"] = "zstd"
     linger_ms: int = Field(default=50, ge=50, le=10_000)
+    envelope_rows: int = Field(
+        default=10_000, ge=1, le=100_000,
+        description="Most rows per Arrow envelope (one Kafka message), collectors and worker",
+    )
+    envelope_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, le=8 * 1024 * 1024,
+        description="Most uncompressed bytes per Arrow envelope (the codec refuses > 8 MiB)",
+    )
     kafka_version: str = "3.9.1"
 
 

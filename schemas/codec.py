@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -81,6 +81,28 @@ def encode_arrow(data: pa.RecordBatch | pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, data.schema) as writer:
         writer.write(data)
     return sink.getvalue().to_pybytes()
+
+
+def encode_envelopes(data: pa.RecordBatch | pa.Table, max_rows: int,
+                     max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[bytes, int]]:
+    """(payload, rows) per envelope: at most max_rows rows, and halved until under max_bytes.
+
+    Why both bounds: rows keep per-message work predictable, bytes keep every message under
+    the broker's limit whatever the row width (a window with long keys, a wide cost row).
+    """
+    for start in range(0, data.num_rows, max_rows):
+        yield from _within_bytes(data.slice(start, max_rows), max_bytes)
+
+
+def _within_bytes(data: pa.RecordBatch | pa.Table,
+                  max_bytes: int) -> Iterator[tuple[bytes, int]]:
+    payload = encode_arrow(data)
+    if len(payload) > max_bytes and data.num_rows > 1:
+        half = data.num_rows // 2
+        yield from _within_bytes(data.slice(0, half), max_bytes)
+        yield from _within_bytes(data.slice(half), max_bytes)
+        return
+    yield payload, data.num_rows
 
 
 def _json_default(value: Any) -> Any:

@@ -26,6 +26,7 @@ from schemas.codec import (
     WATERMARK_HEADER,
     decode,
     encode_arrow,
+    encode_envelopes,
     header_value,
     headers_for,
 )
@@ -82,7 +83,9 @@ async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatc
     return decoded.batch if decoded.batch.num_rows else None
 
 
-ENVELOPE_ROWS = 1000  # as the collectors' producer: ~1,000 events per Kafka message
+# As the collectors' producer: the worker's cost is mostly per message, so big envelopes.
+ENVELOPE_ROWS = settings.kafka.envelope_rows
+ENVELOPE_BYTES = settings.kafka.envelope_bytes
 
 
 def _heartbeat(event: Any) -> int | None:
@@ -99,8 +102,8 @@ async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int 
     table = conform(table)
     # Envelopes of at most ENVELOPE_ROWS rows: a heartbeat that closes a large own-model
     # backlog must not become one message over the producer's max request size.
-    for chunk in table.to_batches(max_chunksize=ENVELOPE_ROWS):
-        await costs_topic.send(key=source.encode(), value=encode_arrow(chunk),
+    for payload, _ in encode_envelopes(table, ENVELOPE_ROWS, ENVELOPE_BYTES):
+        await costs_topic.send(key=source.encode(), value=payload,
                                headers=headers_for(ARROW, "cost_record"))
     headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
                (OFFSET_HEADER, str(offset).encode())]
@@ -207,8 +210,8 @@ async def merger(stream: Any) -> None:
         # Envelopes of at most ENVELOPE_ROWS rows: a window with ~100k keys is one message over
         # the 10 MB request limit otherwise. Shares are computed over the whole window before
         # this split, and alerting evaluates chunks exactly as one message.
-        for chunk in closed.to_batches(max_chunksize=ENVELOPE_ROWS):
-            await windows_topic.send(key=b"windows", value=encode_arrow(chunk),
+        for payload, _ in encode_envelopes(closed, ENVELOPE_ROWS, ENVELOPE_BYTES):
+            await windows_topic.send(key=b"windows", value=payload,
                                      headers=headers_for(ARROW, "window_aggregate"))
 
 

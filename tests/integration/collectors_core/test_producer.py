@@ -43,6 +43,21 @@ def test_events_arrive_as_arrow_envelopes(kafka_bootstrap, tmp_path):
     assert sorted(table.column("request_id").to_pylist()) == [f"r{i:06d}" for i in range(2500)]
 
 
+def test_small_batches_are_coalesced_into_full_envelopes(kafka_bootstrap, tmp_path):
+    """The worker's cost is per message: 50 batches of 100 rows travel as 5 envelopes."""
+    import pyarrow as pa
+
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    topic = unique_topic()
+    producer = BatchingProducer(settings, topic, metrics=False, max_rows=1000, linger_s=5.0)
+    for start in range(0, 5000, 100):
+        producer.emit_batch(pa.Table.from_pylist([_event(i) for i in range(start, start + 100)]))
+    producer.close()
+    table = read_topic(settings, topic, 5000)
+    assert [b.num_rows for b in table.to_batches()] == [1000] * 5  # one message each
+    assert sorted(table.column("request_id").to_pylist()) == [f"r{i:06d}" for i in range(5000)]
+
+
 def test_outage_spools_then_restart_replays_in_order(kafka_bootstrap, tmp_path):
     spool = tmp_path / "spool"
     topic = unique_topic()
