@@ -63,4 +63,8 @@ def register(app: typer.Typer) -> None:
         faust_app.worker_init()
         from faust.worker import Worker
 
-        Worker(faust_app, loglevel=loglevel.value.upper(), quiet=True).execute_from_commandline()
+        worker = Worker(faust_app, loglevel=loglevel.value.upper(), quiet=True)
+        # Faust drives its terminal spinner by setting the root logger to DEBUG, so every
+        # debug call in aiokafka and Faust built a log record (~3 % of the worker's CPU).
+        worker.spinner = None
+        worker.execute_from_commandline()

@@ -166,3 +166,24 @@ def test_garbage_never_raises(value: bytes | None, headers: Any, expected: str) 
     result = decode(value, headers, ALL_SCHEMAS["request_event"], now=NOW)
     assert result.batch.num_rows == 0
     assert expected in str(result.rejections[0])
+
+
+def test_trusted_topics_skip_value_rules_only_when_the_schema_matches_exactly():
+    """The worker's own topics skip the value rules; a foreign-shaped batch is still checked."""
+    from schemas.records import COST_RECORD
+    from streams.costing import conform
+
+    row = {name: None for name in COST_RECORD.names}
+    row.update({"record_id": "r1", "record_type": "request", "timestamp": NOW,
+                "operation": "text", "cost": 0, "list_cost": 0, "shadow_cost": 0,
+                "provider": "openai", "provider_kind": "external", "model": "m",
+                "input_tokens": -5, "output_tokens": 1, "cache_read_tokens": 0,
+                "cache_write_tokens": 0, "pricing_status": "priced",
+                "status": "ok"})
+    exact = conform(pa.Table.from_pylist([row], schema=COST_RECORD))
+    headers = headers_for("arrow", "cost_record")
+    trusted = decode(encode_arrow(exact), headers, COST_RECORD, trusted=True)
+    assert trusted.ok and trusted.batch.num_rows == 1
+    assert not decode(encode_arrow(exact), headers, COST_RECORD).ok  # untrusted: checked
+    relaxed = pa.Table.from_pylist([row])  # inferred types: not the contract's schema
+    assert not decode(encode_arrow(relaxed), headers, COST_RECORD, trusted=True).ok
