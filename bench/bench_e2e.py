@@ -42,6 +42,7 @@ from bench.common import (
     emit,
     free_port,
     fresh_run,
+    process_cpu_s,
     run_json,
     start_worker,
     stop,
@@ -171,13 +172,19 @@ def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[s
     try:
         deadline = time.monotonic() + timeout
         done_at = None
+        cpu_first = cpu_done = 0.0  # worker CPU when the lake first had rows, and at the end
+        rows_first = 0
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 log = (run.folder / "worker.log").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"worker exited rc={worker.returncode}: {log}")
-            if counter.count() >= expected:
+            count = counter.count()
+            if count >= expected:
                 done_at = time.time()
+                cpu_done = process_cpu_s(worker.pid)
                 break
+            if count and not cpu_first:
+                cpu_first, rows_first = process_cpu_s(worker.pid), count
             time.sleep(0.1)
         if done_at is None:
             raise RuntimeError(f"lake holds {counter.count():,}/{expected:,} request cost "
@@ -186,7 +193,11 @@ def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[s
         stop(worker)
     started = first_timestamp_s(run, run.settings.topics.costs)
     seconds = done_at - started
-    return {"events": expected, "seconds": seconds, "events_per_s": expected / seconds}
+    # CPU per event between the first lake rows and the end: steadier than the wall rate on
+    # a shared machine (what a change saved, even when the neighbours are noisy).
+    cpu_us = (cpu_done - cpu_first) / max(1, expected - rows_first) * 1e6 if cpu_first else 0.0
+    return {"events": expected, "seconds": seconds, "events_per_s": expected / seconds,
+            "worker_cpu_us_per_event": cpu_us}
 
 
 def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
@@ -207,7 +218,8 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     if only_costpipe:
         subprocess.run(["rm", "-rf", str(run.folder)], check=False)
         return {"requests": requests, "arrow_messages": messages,
-                "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"]}
+                "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],
+                "worker_cpu_us_per_event": cp["worker_cpu_us_per_event"]}
     raw = run_json([PY, "bench/peers/raw_consume.py", boot, run.settings.topics.requests,
                     str(messages)])
     limit = requests / raw["seconds"]
@@ -226,6 +238,7 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     out = {
         "requests": requests, "arrow_messages": messages,
         "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],
+        "worker_cpu_us_per_event": cp["worker_cpu_us_per_event"],
         "limit_events_per_s": limit, "limit_json_events_per_s": raw_json["messages_per_s"],
         "quix_events_per_s": quix["events_per_s"],
         "faust_events_per_s": faust["events_per_s"],
@@ -257,7 +270,8 @@ def main() -> None:
     result = one_run(args.rate, args.duration, args.quix_events, args.faust_events,
                      args.timeout, args.envelope_rows, args.only_costpipe)
     if args.only_costpipe:
-        print(f"costpipe {result['costpipe_events_per_s']:,.0f} ev/s "
+        print(f"costpipe {result['costpipe_events_per_s']:,.0f} ev/s, worker "
+              f"{result['worker_cpu_us_per_event']:.1f} us CPU/event "
               f"({result['arrow_messages']:,} Arrow messages)", file=sys.stderr)
         emit(result)
         return

@@ -33,6 +33,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import process_cpu_s  # noqa: E402
 from tests.openai_stub import StubUpstream, free_port  # noqa: E402
 
 CHUNK_DELAY_S = 0.02  # 50 tokens/s per stream, a typical served-model rate
@@ -124,12 +125,6 @@ async def measure(direct: str, proxied: str, rounds: int, concurrency: int
     return results
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
@@ -156,11 +151,11 @@ def main() -> None:
                           "--upstream", stub_url, *(["--kafka"] if args.kafka else [])]),
     ]
     try:
-        cpu_before = [_cpu_s(p.pid) for p in procs]
+        cpu_before = [process_cpu_s(p.pid) for p in procs]
         results = asyncio.run(measure(stub_url + "/v1/chat/completions",
                                       f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
                                       args.rounds, args.concurrency))
-        cpu = [_cpu_s(p.pid) - before for p, before in zip(procs, cpu_before, strict=True)]
+        cpu = [process_cpu_s(p.pid) - before for p, before in zip(procs, cpu_before, strict=True)]
     finally:
         for proc in procs:
             proc.terminate()

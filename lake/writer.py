@@ -72,6 +72,8 @@ def _split_by_hour(data: pa.Table, spec: Table) -> list[tuple[str, int, pa.Table
 def conform(data: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
+    if data.schema.equals(schema):
+        return data  # the usual case: a cast would still run a kernel per column
     columns = [
         data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(len(data), f.type)
         for f in schema

@@ -302,6 +302,8 @@ class GpuAllocator:
 
 def conform(table: pa.Table) -> pa.Table:
     """Same columns, order and field flags as COST_RECORD (set_column drops them)."""
+    if table.schema.equals(COST_RECORD):
+        return table  # a cast would still run a kernel per column
     return table.select(COST_RECORD.names).cast(COST_RECORD)
 
 
