@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--duration", type=int, default=60)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--idle", action="store_true",
+                        help="sample waiting threads too (where the event loop waits)")
     args = parser.parse_args()
     pyspy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     if not Path(pyspy).exists():
@@ -51,7 +53,8 @@ def main() -> None:
     out = run.folder / "profile.txt"
     log = open(run.folder / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [pyspy, "record", "--format", "raw", "-r", "100", "-o", str(out), "--", COSTPIPE,
+        [pyspy, "record", "--format", "raw", "-r", "100", "-o", str(out), "--threads",
+         *(["--idle"] if args.idle else []), "--", COSTPIPE,
          "worker", "--metrics-port", "0", "--workdir", str(run.folder / "worker")],
         env=run.env, stdout=log, stderr=subprocess.STDOUT)
     counter = LakeCounter(run.lake, before_us=end_us)

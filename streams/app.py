@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind="127.0.0.1",
         consumer_auto_offset_reset="earliest",
         producer_max_request_size=10 * 1024 * 1024,
+        producer_max_batch_size=8 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
         broker_commit_every=200,
         broker_session_timeout=10.0,  # a SIGKILLed worker's partitions move on within ~10 s
