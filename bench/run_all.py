@@ -116,6 +116,8 @@ def benches(args: argparse.Namespace) -> list[Bench]:
               [PY, "bench/bench_e2e.py", *e2e_args], last_json, (
                   Figure("costpipe_events_per_s", "costpipe sustained", "events/s",
                          ">= 100,000", ge(100_000)),
+                  Figure("worker_cpu_us_per_event", "costpipe worker CPU per event", "us",
+                         digits=1),
                   Figure("limit_events_per_s", "limit: raw consume, Arrow topic", "events/s"),
                   Figure("limit_json_events_per_s", "raw consume, per-event JSON topic",
                          "events/s"),

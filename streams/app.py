@@ -53,7 +53,44 @@ def _refuse_stale_generation_acks() -> None:
     Consumer.ack = ack  # type: ignore[method-assign]
 
 
+class _NeverAheadReadOffsets(dict):  # type: ignore[type-arg]
+    """faust's per-partition read offsets, except that reading one always answers None."""
+
+    def __getitem__(self, tp: Any) -> None:
+        return None
+
+
+def _never_drop_refetched_messages() -> None:
+    """Deliver every fetched message, even one below faust's "read offset" for its partition.
+
+    faust-streaming's fetch loop (`Consumer._drain_messages`) drops a message whose offset is
+    below the last offset it handed on, and it advances that read offset even for messages it
+    abandons when a rebalance suspends the flow. If the rest of a pre-rebalance batch is
+    walked after the seek to the committed offset, the read offset ends up past messages no
+    agent processed, and when they are fetched again they are dropped. faust's commit check
+    (`min(acked) - committed > 1`) misses a hole of exactly one message, so the commit then
+    moves past it. Seen in the SIGKILL reliability test with the stale-ack guard in place:
+    request offset 54 never produced costs, 53 and 55 did (two costs messages in a row), and
+    1,000 events were lost. Without the drop, a re-fetched message is processed again, which
+    at-least-once delivery plus idempotent state already make safe. The drain loop is the only
+    reader of these offsets (seeks and revocations only write them); with no read offset it
+    also records no offset gaps, which only transactional or compacted input topics have:
+    costpipe's agents read neither.
+    """
+    if getattr(Consumer.__init__, "_costpipe_guard", False):
+        return
+    original = Consumer.__init__
+
+    def __init__(self: Consumer, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._read_offset = _NeverAheadReadOffsets()
+
+    __init__._costpipe_guard = True  # type: ignore[attr-defined]
+    Consumer.__init__ = __init__  # type: ignore[method-assign]
+
+
 _refuse_stale_generation_acks()
+_never_drop_refetched_messages()
 
 
 def create_app(settings: Settings) -> faust.App:
