@@ -187,3 +187,15 @@ def test_trusted_topics_skip_value_rules_only_when_the_schema_matches_exactly():
     assert not decode(encode_arrow(exact), headers, COST_RECORD).ok  # untrusted: checked
     relaxed = pa.Table.from_pylist([row])  # inferred types: not the contract's schema
     assert not decode(encode_arrow(relaxed), headers, COST_RECORD, trusted=True).ok
+
+
+def test_envelopes_are_bounded_by_rows_and_by_bytes_and_keep_every_row_in_order():
+    from schemas.codec import encode_envelopes
+
+    table = pa.table({"i": list(range(10_000)), "s": ["x" * 100] * 10_000})
+    by_rows = list(encode_envelopes(table, 3_000))
+    assert [rows for _, rows in by_rows] == [3_000, 3_000, 3_000, 1_000]
+    small = list(encode_envelopes(table, 10_000, max_bytes=200_000))
+    assert all(len(payload) <= 200_000 for payload, _ in small) and len(small) > 4
+    back = pa.concat_tables(pa.ipc.open_stream(p).read_all() for p, _ in small)
+    assert back.column("i").to_pylist() == list(range(10_000))
