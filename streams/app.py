@@ -21,19 +21,26 @@ from costpipe.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 STALE_ACKS = Counter("costpipe_stale_acks_refused_total",
-                     "Acks refused for messages fetched before the latest rebalance (re-read)")
+                     "Acks refused for messages fetched before or during a rebalance (re-read)")
 
 
 def _refuse_stale_generation_acks() -> None:
-    """Never acknowledge a message fetched before the latest rebalance.
+    """Never acknowledge a message that faust skipped around a rebalance.
 
-    faust-streaming skips such a message in `Stream._py_aiter` (its generation_id is stale)
-    but still acks it. If the skipped offset is the next one to commit, the commit moves past
-    it, and the seek after the rebalance can then start beyond a message that no agent ever
-    processed. Seen once in the SIGKILL reliability test: request offset 52 produced nothing
-    on any output topic, 51 and 53 did, and its 964 events never reached the lake. Refusing
-    the ack leaves the offset uncommitted, so it is read again, which at-least-once plus
-    idempotent state makes safe.
+    faust-streaming's `Stream._py_aiter` (streams.py, around lines 1287-1345) skips a message
+    when its generation_id is stale (fetched before the latest rebalance) *or* when flow
+    control is suspended (a rebalance is under way), and acks it all the same. If the skipped
+    offset is the next one to commit, the commit moves past it, and the seek to the committed
+    offset after the rebalance starts beyond a message that no agent ever processed.
+    Seen three times in the SIGKILL reliability test, each time one request message whose
+    events never reached the lake: offset 52 (before any guard), and offset 54 twice with a
+    guard that only checked the generation (the skip then came from suspended flow control,
+    before the generation changes). In the last case the costs topic showed it exactly: costs
+    for request offsets 53 and 55 in two consecutive messages, nothing for 54.
+    Refusing the ack leaves the offset uncommitted; faust seeks every assigned partition to
+    its committed offset before resuming the flow, so the message is read again, which
+    at-least-once delivery plus idempotent state make safe. An ack refused for a message that
+    was processed just before the suspension only costs a duplicate, dropped downstream.
     """
     if getattr(Consumer.ack, "_costpipe_guard", False):
         return
@@ -41,11 +48,12 @@ def _refuse_stale_generation_acks() -> None:
 
     def ack(self: Consumer, message: Any) -> bool:
         generation = getattr(message, "generation_id", None)
-        if generation is not None and generation != self.app.consumer_generation_id:
+        stale = generation is not None and generation != self.app.consumer_generation_id
+        if stale or not self.app.flow_control.is_active():
             self._unacked_messages.discard(message)
             STALE_ACKS.inc()
-            log.info("not acking %s@%d: fetched before the last rebalance, it will be read "
-                     "again", message.tp, message.offset)
+            log.info("not acking %s@%d: fetched before or during a rebalance, it will be "
+                     "read again", message.tp, message.offset)
             return False
         return original(self, message)
 
@@ -53,44 +61,7 @@ def _refuse_stale_generation_acks() -> None:
     Consumer.ack = ack  # type: ignore[method-assign]
 
 
-class _NeverAheadReadOffsets(dict):  # type: ignore[type-arg]
-    """faust's per-partition read offsets, except that reading one always answers None."""
-
-    def __getitem__(self, tp: Any) -> None:
-        return None
-
-
-def _never_drop_refetched_messages() -> None:
-    """Deliver every fetched message, even one below faust's "read offset" for its partition.
-
-    faust-streaming's fetch loop (`Consumer._drain_messages`) drops a message whose offset is
-    below the last offset it handed on, and it advances that read offset even for messages it
-    abandons when a rebalance suspends the flow. If the rest of a pre-rebalance batch is
-    walked after the seek to the committed offset, the read offset ends up past messages no
-    agent processed, and when they are fetched again they are dropped. faust's commit check
-    (`min(acked) - committed > 1`) misses a hole of exactly one message, so the commit then
-    moves past it. Seen in the SIGKILL reliability test with the stale-ack guard in place:
-    request offset 54 never produced costs, 53 and 55 did (two costs messages in a row), and
-    1,000 events were lost. Without the drop, a re-fetched message is processed again, which
-    at-least-once delivery plus idempotent state already make safe. The drain loop is the only
-    reader of these offsets (seeks and revocations only write them); with no read offset it
-    also records no offset gaps, which only transactional or compacted input topics have:
-    costpipe's agents read neither.
-    """
-    if getattr(Consumer.__init__, "_costpipe_guard", False):
-        return
-    original = Consumer.__init__
-
-    def __init__(self: Consumer, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self._read_offset = _NeverAheadReadOffsets()
-
-    __init__._costpipe_guard = True  # type: ignore[attr-defined]
-    Consumer.__init__ = __init__  # type: ignore[method-assign]
-
-
 _refuse_stale_generation_acks()
-_never_drop_refetched_messages()
 
 
 def create_app(settings: Settings) -> faust.App:
