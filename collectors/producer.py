@@ -41,7 +41,7 @@ from collectors import metrics
 from collectors.spool import Spool, SpoolBusyError, SpoolRecord
 from costpipe.kafka_config import confluent_producer
 from costpipe.settings import Settings
-from schemas.codec import encode_arrow, encode_envelopes, headers_for
+from schemas.codec import conform, encode_envelopes, headers_for
 from schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 log = logging.getLogger(__name__)
@@ -295,17 +295,7 @@ class BatchingProducer:
             return pa.Table.from_pylist(good, schema=self.schema) if good else None
 
     def _conform(self, data: pa.RecordBatch | pa.Table) -> pa.Table:
-        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
-        columns = []
-        for target in self.schema:
-            if target.name in table.column_names:
-                column = table.column(target.name)
-                if not column.type.equals(target.type):
-                    column = column.cast(target.type)
-                columns.append(column)
-            else:
-                columns.append(pa.nulls(table.num_rows, target.type))
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        return conform(data, self.schema)
 
     def _reject(self, event: Mapping[str, Any], reason: str) -> None:
         line = json.dumps({"reason": reason, "event": event}, default=str)
@@ -448,10 +438,8 @@ class BatchingProducer:
             tables = [self._conform(t) for t in taken if not isinstance(t, Mapping)]
             batch = self._to_batch(events) if events else None
             for table in [*(t for t in [batch] if t is not None), *tables]:
-                for offset in range(0, table.num_rows, self._max_rows):
-                    part = table.slice(offset, self._max_rows)
-                    records.append((self._key_prefix + b"spill", encode_arrow(part),
-                                    part.num_rows))
+                records.extend((self._key_prefix + b"spill", payload, rows) for payload, rows
+                               in encode_envelopes(table, self._max_rows, self._max_bytes))
             self._to_spool(records)
             log.warning("producer queue for %s full: %d events spilled to the spool",
                         self.topic, sum(r[2] for r in records))

@@ -24,7 +24,8 @@ import pyarrow as pa
 from costpipe.metrics import STAGE
 from lake.dedup import UniqueIndex
 from lake.layout import Key, Lake, table
-from lake.writer import WrittenFile, conform, durable_high_water, recover, write_range
+from lake.writer import WrittenFile, durable_high_water, recover, write_range
+from schemas.codec import conform
 
 _STAGE = STAGE["lake_sink"]
 

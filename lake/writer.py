@@ -37,6 +37,7 @@ from lake.layout import (
     partition_dir,
     table,
 )
+from schemas.codec import conform
 
 ROW_GROUP_SIZE = 1_000_000  # large groups: DuckDB scans and prunes per row group
 COMPRESSION = "zstd"
@@ -67,18 +68,6 @@ def _split_by_hour(data: pa.Table, spec: Table) -> list[tuple[str, int, pa.Table
         date, hour = bucket_partition(int(sorted_buckets[start]))
         out.append((date, hour, data.slice(int(start), int(end - start))))
     return out
-
-
-def conform(data: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
-    if isinstance(data, pa.RecordBatch):
-        data = pa.Table.from_batches([data])
-    if data.schema.equals(schema):
-        return data  # the usual case: a cast would still run a kernel per column
-    columns = [
-        data[f.name].cast(f.type) if f.name in data.column_names else pa.nulls(len(data), f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _fsync_dir(path: str) -> None:

@@ -83,6 +83,22 @@ def encode_arrow(data: pa.RecordBatch | pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """`data` as a table of exactly `schema`: its columns in order, cast where the type
+    differs, missing ones as nulls. No value rules (that is `validate`)."""
+    table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+    if table.schema.equals(schema):
+        return table  # the usual case: nothing to reshape
+    columns = []
+    for target in schema:
+        if target.name in table.column_names:
+            column = table.column(target.name)
+            columns.append(column if column.type.equals(target.type) else column.cast(target.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, target.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def encode_envelopes(data: pa.RecordBatch | pa.Table, max_rows: int,
                      max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[bytes, int]]:
     """(payload, rows) per envelope: at most max_rows rows, and halved until under max_bytes.
