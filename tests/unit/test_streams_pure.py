@@ -32,6 +32,27 @@ def test_allocation_is_exact_and_fair(total: int, weights: list[int]) -> None:
         assert exact - 1 < share < exact + 1
 
 
+@settings(max_examples=300, deadline=None)
+@given(total=st.integers(0, 10**13),
+       weights=st.lists(st.integers(0, 50), min_size=1, max_size=40),
+       keys=st.lists(st.text("abc", max_size=3), min_size=40, max_size=40))
+def test_vectorised_allocation_matches_the_exact_rule(total: int, weights: list[int],
+                                                      keys: list[str]) -> None:
+    """Small weights make many equal remainders, so the tie-break by request_id is exercised."""
+    from streams.allocation import _allocate_exact
+
+    ties = keys[:len(weights)]
+    w = weights if sum(weights) else [1] * len(weights)
+    want = _allocate_exact(total, w, ties).tolist()
+    assert allocate(total, np.array(weights), pa.array(ties)).tolist() == want
+    assert allocate(total, np.array(weights), ties).tolist() == want
+
+
+def test_allocation_beyond_64_bits_falls_back_to_python_ints() -> None:
+    shares = allocate(10**15, np.array([10**6, 3 * 10**6, 1]), ["a", "b", "c"])
+    assert int(shares.sum()) == 10**15 and shares.tolist()[0] * 3 <= shares.tolist()[1] + 3
+
+
 @settings(max_examples=100, deadline=None)
 @given(cost=st.integers(0, 10**12), utils=st.lists(st.floats(0, 100), min_size=1, max_size=20))
 def test_busy_never_exceeds_cost(cost: int, utils: list[float]) -> None:
