@@ -75,10 +75,16 @@ class Decoded:
 # ---------------------------------------------------------------- encoding
 
 
-def encode_arrow(data: pa.RecordBatch | pa.Table) -> bytes:
-    """Arrow IPC stream bytes; one Kafka message carries the whole batch."""
+def encode_arrow(data: pa.RecordBatch | pa.Table, compression: str | None = None) -> bytes:
+    """Arrow IPC stream bytes; one Kafka message carries the whole batch.
+
+    `compression` ("zstd", "lz4") compresses the buffers inside the IPC stream, for bytes that
+    go on through pure-Python encoding (base64, JSON) where Kafka's own compression comes too
+    late; readers decompress transparently.
+    """
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression) if compression else None
+    with pa.ipc.new_stream(sink, data.schema, options=options) as writer:
         writer.write(data)
     return sink.getvalue().to_pybytes()
 

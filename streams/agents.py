@@ -164,8 +164,13 @@ async def gpu_forward(stream: Any) -> None:
 @app.agent(gpuwork_topic, concurrency=1)
 async def allocator(stream: Any) -> None:
     gpu = GpuAllocator(settings, allocator_table)
+    generation = None
     async for event in stream.events():
         msg = event.message
+        if msg.generation_id != generation:
+            if generation is not None:
+                gpu.reset()  # a rebalance: the table may have changed under the memory cache
+            generation = msg.generation_id
         record = header_value(event.headers, "costpipe-record")
         chunk = header_value(event.headers, SOURCE_HEADER) or f"gpuwork:{msg.offset}"
         if gpu.is_replay(chunk):
