@@ -76,8 +76,12 @@ def fill(run: Run, rate: int, duration_s: int, json_topic: str,
     summary = simulate(run.settings, rate=rate, duration_s=duration_s, seed=1, gpus=16,
                        as_fast_as_possible=True, request_sink=sink, flush_timeout_s=300)
     requests.flush(300)
+    stats = requests.stats
     if envelope_rows is not None:
         requests.close()
+    if stats["sent"] != summary.requests:  # the run would wait for rows that never left
+        raise RuntimeError(f"the requests producer sent {stats['sent']:,} of "
+                           f"{summary.requests:,} simulated requests: {stats}")
     end_us = int(summary.end.timestamp() * 1_000_000)
     gpu = run.settings.gpu
     tail_ticks(run, summary.end, gpu.bucket_seconds + gpu.allowed_lateness_seconds + 15)

@@ -201,10 +201,10 @@ class BatchingProducer:
                 self._replay_step()
                 if self._flushes:
                     self._serve_flushes()
+                if self._metrics:
+                    self._update_gauges()
             except Exception:  # keep sending; the error is logged, data stays queued/spooled
                 log.exception("producer for %s hit an error; continuing", self.topic)
-            if self._metrics:
-                self._update_gauges()
             if self._stop.is_set():
                 self._shutdown()
                 return
@@ -309,7 +309,11 @@ class BatchingProducer:
         if table is None or table.num_rows == 0:
             return
         for payload, rows in encode_envelopes(table, self._max_rows, self._max_bytes):
-            self._send_envelope(payload, rows)
+            try:
+                self._send_envelope(payload, rows)
+            except Exception:  # never drop what left the queue: the replay sends it later
+                log.exception("sending to %s failed; spooling %d events", self.topic, rows)
+                self._to_spool([(self._key_prefix + b"spill", payload, rows)])
 
     def _send_envelope(self, payload: bytes, rows: int) -> None:
         key = self._key_prefix + str(self._key_counter % self._key_slots).encode()
