@@ -88,6 +88,18 @@ ENVELOPE_ROWS = settings.kafka.envelope_rows
 ENVELOPE_BYTES = settings.kafka.envelope_bytes
 
 
+CAUGHT_UP_HEADER = "costpipe-caught-up"
+
+
+def _caught_up(msg: Any) -> bool:
+    """Whether `msg` was its partition's last message at the latest fetch (no backlog)."""
+    try:
+        high = app.consumer.highwater(msg.tp)
+    except Exception:  # no fetch position known yet: behave as before (may count as idle)
+        return True
+    return high is None or msg.offset + 1 >= high
+
+
 def _heartbeat(event: Any) -> int | None:
     """Watermark of a heartbeat envelope (collectors.heartbeat), None for ordinary events."""
     if header_value(event.headers, "costpipe-record") != HEARTBEAT_RECORD:
@@ -131,12 +143,14 @@ async def costing(stream: Any) -> None:
         watermark = heartbeat if heartbeat is not None else \
             pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
         await _emit_costs(external, source, msg.offset, watermark)
-        # Always sent (maybe with no rows): it carries this partition's watermark.
+        # Always sent (maybe with no rows): it carries this partition's watermark, and whether
+        # more of the partition was already waiting (then it cannot be idle, see note_requests).
         await gpuwork_topic.send(
             key=b"gpu", value=encode_arrow(conform(pending)),
             headers=[*headers_for(ARROW, "pending_cost"),
                      (SOURCE_HEADER, f"{source}:{msg.offset}".encode()),
-                     (WATERMARK_HEADER, str(watermark).encode())])
+                     (WATERMARK_HEADER, str(watermark).encode()),
+                     (CAUGHT_UP_HEADER, b"1" if _caught_up(msg) else b"0")])
 
 
 @app.agent(gpu_topic, concurrency=1)
@@ -190,7 +204,8 @@ async def allocator(stream: Any) -> None:
         else:
             late = gpu.add_requests(conform(table), chunk)
             wm = header_value(event.headers, WATERMARK_HEADER)
-            gpu.note_requests(int(wm) if wm else None, chunk.rsplit(":", 1)[0])
+            gpu.note_requests(int(wm) if wm else None, chunk.rsplit(":", 1)[0],
+                              header_value(event.headers, CAUGHT_UP_HEADER) != "0")
         out = gpu.close_ready()
         if late is not None and late.num_rows:
             out = pa.concat_tables([conform(late), out])

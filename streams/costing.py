@@ -49,7 +49,7 @@ COSTED = Counter("costpipe_cost_records_total", "Cost records emitted", ["record
 IDLE_OPERATION = "_gpu_idle"
 IDLE_PROVIDER = "gpu"
 _US = 1_000_000
-IDLE_PARTITION_SECONDS = 300  # a requests partition this far behind the GPU samples is idle
+IDLE_PARTITION_SECONDS = 300  # a caught-up requests partition this far behind the GPU is idle
 
 
 def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
@@ -140,6 +140,7 @@ class GpuAllocator:
         self._index: dict[int, set[str]] | None = None
         self._chunks: dict[str, _Chunk] = {}
         self._wm: dict[str, int] | None = None
+        self._backlog: dict[str, bool] | None = None
 
     # -- state helpers
     def _meta(self, name: str, default: int | None) -> int | None:
@@ -259,9 +260,17 @@ class GpuAllocator:
         """A GPU heartbeat: the samplers have reported everything up to `max_ts`."""
         self._advance(max_ts, "gpu")
 
-    def note_requests(self, max_ts: int | None, stream: str) -> None:
-        """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows)."""
+    def note_requests(self, max_ts: int | None, stream: str, caught_up: bool = True) -> None:
+        """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows).
+
+        `caught_up`: the message was the partition's last one when it was costed. Only then may
+        the partition count as idle: a worker draining a backlog sees the small GPU stream race
+        ahead of event time, and calling the busy partitions idle would close every bucket
+        before its requests arrive (they would all become uncosted corrections)."""
         self._advance(max_ts, stream)
+        if self._backlogged().get(stream, False) != (not caught_up):
+            self._backlogged()[stream] = not caught_up
+            self._set_meta(f"backlog|{stream}", 0 if caught_up else 1)  # "1": more was queued
 
     def watermark(self) -> int | None:
         """Min over streams: a bucket closes only when samples AND every requests partition
@@ -274,8 +283,16 @@ class GpuAllocator:
         if len(requests) < self.settings.topics.partitions:
             return None  # a requests partition not heard from yet could hold older events
         horizon = marks["gpu"] - IDLE_PARTITION_SECONDS * _US
-        live = [v for v in requests.values() if v >= horizon]  # far behind = idle partition
+        backlogged = self._backlogged()
+        live = [v for k, v in requests.items()
+                if v >= horizon or backlogged.get(k, False)]  # far behind and quiet = idle
         return min([marks["gpu"], *live])
+
+    def _backlogged(self) -> dict[str, bool]:
+        if self._backlog is None:
+            self._backlog = {k[len("m|backlog|"):]: v == "1" for k, v in list(self.store.items())
+                             if k.startswith("m|backlog|")}
+        return self._backlog
 
     # -- closing
     def close_ready(self) -> pa.Table:

@@ -125,3 +125,20 @@ def test_dedup_keeps_first_row_per_record_id() -> None:
     out = _dedup(table)
     assert out.column("record_id").to_pylist() == ["b", "a", "c"]
     assert out.column("v").to_pylist() == [1, 2, 4]
+
+
+def test_a_backlogged_requests_partition_is_never_idle() -> None:
+    """Draining a backlog, the small GPU stream races ahead of the requests in event time; the
+    busy partitions must hold the watermark back, or every own-model request arrives too late
+    for its bucket (found with a 2M-event backlog: 0 of 800k own-model requests allocated)."""
+    settings = _settings()
+    allocator = GpuAllocator(settings, {})
+    minute = 60_000_000
+    allocator.note_samples_until(60 * minute)
+    allocator.note_requests(5 * minute, "r0", caught_up=False)
+    assert allocator.watermark() == 5 * minute
+    allocator.note_requests(6 * minute, "r0", caught_up=True)  # quiet now: idle after 300 s
+    assert allocator.watermark() == 60 * minute
+    restarted = GpuAllocator(settings, allocator.store)
+    restarted.note_requests(6 * minute, "r0", caught_up=False)
+    assert GpuAllocator(settings, allocator.store).watermark() == 6 * minute  # persisted
