@@ -55,13 +55,17 @@ from schemas.codec import ARROW, encode_arrow, headers_for
 from schemas.records import REQUEST_EVENT
 
 QUIX_PY = ROOT / "bench" / ".venv-quix" / "bin" / "python"
+JSON_LIMIT_EVENTS = 500_000  # JSON events mirrored at least (the JSON raw-consume figure)
 
 
 def fill(run: Run, rate: int, duration_s: int, json_topic: str,
-         envelope_rows: int | None = None) -> tuple[int, int, int]:
+         envelope_rows: int | None = None,
+         json_rows: int | None = None) -> tuple[int, int, int]:
     """Simulate into Kafka; mirror requests as per-event JSON. Returns (requests, end_us, msgs).
 
     `envelope_rows` overrides the collectors' envelope size (rows per Arrow message).
+    `json_rows`: mirror only the first rows (the per-event peers read a prefix; a long run
+    would otherwise spend minutes and GBs on JSON nobody reads).
     """
     tables: list[pa.Table] = []
     requests = producer_for(run.settings, "requests") if envelope_rows is None else \
@@ -85,7 +89,10 @@ def fill(run: Run, rate: int, duration_s: int, json_topic: str,
     end_us = int(summary.end.timestamp() * 1_000_000)
     gpu = run.settings.gpu
     tail_ticks(run, summary.end, gpu.bucket_seconds + gpu.allowed_lateness_seconds + 15)
-    frame = pl.from_arrow(pa.concat_tables(tables)).with_columns(
+    mirrored = pa.concat_tables(tables)
+    if json_rows is not None:
+        mirrored = mirrored.slice(0, json_rows)
+    frame = pl.from_arrow(mirrored).with_columns(
         pl.col(pl.Datetime).dt.epoch("us"),
         pl.col("input_tokens").fill_null(0), pl.col("output_tokens").fill_null(0))
     keys = frame.select(pl.concat_str(["operation", "provider", "model"], separator="|")
@@ -178,11 +185,13 @@ def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[s
         done_at = None
         cpu_first = cpu_done = 0.0  # worker CPU when the lake first had rows, and at the end
         rows_first = 0
+        progress: list[tuple[float, int]] = []  # (wall time, request cost records in the lake)
         while time.monotonic() < deadline:
             if worker.poll() is not None:
                 log = (run.folder / "worker.log").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"worker exited rc={worker.returncode}: {log}")
             count = counter.count()
+            progress.append((time.time(), count))
             if count >= expected:
                 done_at = time.time()
                 cpu_done = process_cpu_s(worker.pid)
@@ -197,6 +206,12 @@ def run_costpipe(run: Run, expected: int, end_us: int, timeout: float) -> dict[s
         stop(worker)
     started = first_timestamp_s(run, run.settings.topics.costs)
     seconds = done_at - started
+    # Where the time goes: external rows land at once, own-model rows when their bucket closes.
+    marks = {share: next(t for t, n in progress if n >= share * expected) - started
+             for share in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)}
+    print("  lake reached " + ", ".join(f"{share:.0%} at {t:.1f} s" for share, t in
+                                        marks.items()) + f", 100% at {seconds:.1f} s",
+          file=sys.stderr, flush=True)
     # CPU per event between the first lake rows and the end: steadier than the wall rate on
     # a shared machine (what a change saved, even when the neighbours are noisy).
     cpu_us = (cpu_done - cpu_first) / max(1, expected - rows_first) * 1e6 if cpu_first else 0.0
@@ -212,7 +227,9 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     json_topic = f"bench.json.{run.suffix}.v1"
     create_topics(run, {json_topic: run.settings.topics.partitions})
     print(f"  run {run.suffix}: filling topics ...", file=sys.stderr, flush=True)
-    requests, end_us, messages = fill(run, rate, duration_s, json_topic, envelope_rows)
+    json_rows = 0 if only_costpipe else max(quix_events, faust_events, JSON_LIMIT_EVENTS)
+    requests, end_us, messages = fill(run, rate, duration_s, json_topic, envelope_rows,
+                                      json_rows)
     boot = run.settings.bootstrap_servers
     print(f"  {requests:,} requests in {messages:,} Arrow messages; costpipe worker ...",
           file=sys.stderr, flush=True)
@@ -220,7 +237,8 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     print(f"  costpipe {cp['events_per_s']:,.0f} events/s; limit ...", file=sys.stderr,
           flush=True)
     if only_costpipe:
-        subprocess.run(["rm", "-rf", str(run.folder)], check=False)
+        if not os.environ.get("BENCH_KEEP_RUN"):  # keep the lake and log to look into
+            subprocess.run(["rm", "-rf", str(run.folder)], check=False)
         return {"requests": requests, "arrow_messages": messages,
                 "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],
                 "worker_cpu_us_per_event": cp["worker_cpu_us_per_event"]}

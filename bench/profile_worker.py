@@ -49,7 +49,7 @@ def main() -> None:
     run = fresh_run({"COSTPIPE_LAKE__FLUSH_SECONDS": "1"})
     json_topic = f"bench.json.{run.suffix}.v1"
     create_topics(run, {json_topic: 1})
-    requests, end_us, _ = fill(run, args.rate, args.duration, json_topic)
+    requests, end_us, _ = fill(run, args.rate, args.duration, json_topic, json_rows=0)
     out = run.folder / "profile.txt"
     log = open(run.folder / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
