@@ -51,7 +51,8 @@ class Flushed:
 
 
 class LakeSink:
-    """Not thread-safe by design: one event loop / one consumer thread drives it."""
+    """Not thread-safe by design: one event loop / one consumer thread drives it, except that
+    the caller may run `write` of buffers it took with `take_due` in one worker thread."""
 
     def __init__(
         self,
@@ -106,6 +107,16 @@ class LakeSink:
         buffer = self._buffers.pop(key, None)
         if buffer is None:
             return None
+        return self.write(key, buffer)
+
+    def take_due(self, now: float | None = None) -> list[tuple[Key, _Buffer]]:
+        """Detach the buffers that are due, for `write` (maybe in another thread): messages
+        that arrive meanwhile go to fresh buffers instead of waiting for the write."""
+        return [(key, self._buffers.pop(key)) for key in self.due(now)]
+
+    def write(self, key: Key, buffer: _Buffer) -> Flushed:
+        """Write a detached buffer durably. One `write` at a time (it updates the dedup index);
+        it may run in a worker thread while `add` goes on in the caller's."""
         table_name, topic, partition = key
         batches = [b for b in buffer.batches if b.num_rows]
         files: list[WrittenFile] = []
@@ -124,7 +135,7 @@ class LakeSink:
                        buffer.tokens)
 
     def flush_due(self, now: float | None = None) -> list[Flushed]:
-        return [f for key in self.due(now) if (f := self.flush(key)) is not None]
+        return [self.write(key, buffer) for key, buffer in self.take_due(now)]
 
     def flush_all(self) -> list[Flushed]:
         return [f for key in list(self._buffers) if (f := self.flush(key)) is not None]
