@@ -64,11 +64,11 @@ def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
     bucket = np.where(internal, ts_us - ts_us % bucket_us, 0)
     columns = {
         "record_id": batch.column("request_id"),
-        "record_type": pa.array(["request"] * n, pa.string()),
+        "record_type": pa.repeat(pa.scalar("request"), n),
         "timestamp": batch.column("timestamp"),
         "operation": batch.column("operation"),
         "provider": batch.column("provider"),
-        "provider_kind": pa.array(np.where(internal, "internal", "external"), pa.string()),
+        "provider_kind": pc.if_else(pa.array(internal), "internal", "external"),
         "model": batch.column("model"),
         "team": batch.column("team"),
         "app": batch.column("app"),
@@ -222,9 +222,9 @@ class GpuAllocator:
             LATE_INTERNAL.inc(late.num_rows)
             n = late.num_rows
             late = late.set_column(late.schema.get_field_index("record_type"), "record_type",
-                                   pa.array(["correction"] * n, pa.string()))
+                                   pa.repeat(pa.scalar("correction"), n))
             late = late.set_column(late.schema.get_field_index("pricing_status"),
-                                   "pricing_status", pa.array(["gpu_unattributed"] * n))
+                                   "pricing_status", pa.repeat(pa.scalar("gpu_unattributed"), n))
             late = conform(late)
         return late
 
@@ -322,21 +322,27 @@ class GpuAllocator:
                 parts[chunk.kind].append(chunk.rows_of(bucket))
         requests = _by_gpu(parts["r"], lambda t: pc.fill_null(t.column("gpu_uuid"), ""))
         samples = _by_gpu(parts["s"], lambda t: t.column("gpu_uuid"))
-        out = []
+        out, idle = [], []
         for gpu in sorted(requests.keys() | samples.keys(), key=str):
             reqs, smps = requests.get(gpu), samples.get(gpu)
-            out.append(self._close_gpu(bucket, gpu, [] if reqs is None else [reqs],
-                                       [] if smps is None else [smps]))
+            allocated, idle_line = self._close_gpu(bucket, gpu, [] if reqs is None else [reqs],
+                                                   [] if smps is None else [smps])
+            out.append(allocated)
+            if idle_line is not None:
+                idle.append(idle_line)
+        if idle:
+            out.append(_idle_records(bucket, idle))
         return _concat(out)
 
     def _close_gpu(self, bucket: int, gpu: str, requests: list[pa.Table],
-                   samples: list[pa.Table]) -> pa.Table:
+                   samples: list[pa.Table]) -> tuple[pa.Table, _IdleLine | None]:
+        """(the GPU's requests with their allocated cost, its idle line if it had samples)."""
         reqs = _dedup(_concat(requests))
         if not samples:
             if reqs.num_rows:
                 UNATTRIBUTED.inc(reqs.num_rows)
                 reqs = _set_status(reqs, "gpu_unattributed")
-            return conform(reqs)
+            return conform(reqs), None
         s = pa.concat_tables(samples).sort_by("timestamp")
         s = s.filter(pc.invert(pc.is_null(s.column("timestamp"))))
         prev_key = f"e|{gpu}"
@@ -357,26 +363,30 @@ class GpuAllocator:
             reqs = reqs.set_column(reqs.schema.get_field_index("cost"), "cost",
                                    pico_to_money(shares))
             reqs = _set_status(reqs, "gpu_allocated")
-        idle = total - busy
-        return _concat([reqs, self._idle_record(bucket, gpu, idle, s)])
+        model = s.column("gpu_name")[0].as_py() if "gpu_name" in s.column_names else None
+        return conform(reqs), _IdleLine(gpu, total - busy, model or gpu)
 
-    def _idle_record(self, bucket: int, gpu: str, idle_pico: int, samples: pa.Table) -> pa.Table:
-        model = samples.column("gpu_name")[0].as_py() if "gpu_name" in samples.column_names \
-            else None
-        row = {name: None for name in COST_RECORD.names}
-        row.update({
-            "record_id": f"idle:{gpu}:{bucket}", "record_type": "idle", "timestamp": bucket,
-            "operation": IDLE_OPERATION, "provider": IDLE_PROVIDER, "provider_kind": "internal",
-            "model": model or gpu, "input_tokens": 0, "output_tokens": 0,
-            "cache_read_tokens": 0, "cache_write_tokens": 0, "pricing_status": "idle",
-            "status": "ok", "gpu_uuid": gpu, "bucket_start": bucket,
-        })
-        table = pa.table({k: [v] for k, v in row.items() if k not in ("timestamp", "bucket_start",
-                                                                       "cost")})
-        table = table.append_column("timestamp", pa.array([bucket]).cast(TIMESTAMP))
-        table = table.append_column("bucket_start", pa.array([bucket]).cast(TIMESTAMP))
-        table = table.append_column("cost", pico_to_money(np.array([idle_pico])))
-        return table.select(COST_RECORD.names).cast(COST_RECORD)
+
+@dataclass(frozen=True)
+class _IdleLine:
+    gpu: str
+    cost_pico: int
+    model: str
+
+
+def _idle_records(bucket: int, lines: list[_IdleLine]) -> pa.Table:
+    """One idle cost record per GPU of a closed bucket (built together: one table per bucket)."""
+    rows = [{
+        "record_id": f"idle:{line.gpu}:{bucket}", "record_type": "idle", "timestamp": bucket,
+        "operation": IDLE_OPERATION, "provider": IDLE_PROVIDER, "provider_kind": "internal",
+        "model": line.model, "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "pricing_status": "idle", "status": "ok", "gpu_uuid": line.gpu,
+        "bucket_start": bucket,
+    } for line in lines]
+    table = pa.Table.from_pylist(rows, schema=COST_RECORD)
+    cost = pico_to_money(np.array([line.cost_pico for line in lines], dtype=np.int64))
+    at = COST_RECORD.get_field_index("cost")
+    return table.set_column(at, COST_RECORD.field(at), cost.cast(COST_RECORD.field(at).type))
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -424,7 +434,7 @@ def _dedup(table: pa.Table) -> pa.Table:
 
 def _set_status(table: pa.Table, status: str) -> pa.Table:
     return table.set_column(table.schema.get_field_index("pricing_status"), "pricing_status",
-                            pa.array([status] * table.num_rows, pa.string()))
+                            pa.repeat(pa.scalar(status, pa.string()), table.num_rows))
 
 
 def pending_message(table: pa.Table) -> bytes:

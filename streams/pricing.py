@@ -241,11 +241,12 @@ def price_batch(
     paid, listed, priced, has_list = _price_rows(
         batch, batch.column("provider"), batch.column("model"), external, settings, True
     )
-    status = np.where(external, np.where(priced, "priced", "unpriced"), None)
+    status = pc.if_else(pa.array(external), pc.if_else(pa.array(priced), "priced", "unpriced"),
+                        pa.scalar(None, pa.string()))
     return (
         pico_to_money(paid),
         pico_to_money(listed, has_list),
-        pa.array(status, pa.string()),
+        status,
     )
 
 
@@ -254,7 +255,7 @@ def shadow_models(batch: pa.RecordBatch | pa.Table, settings: Settings) -> pa.Ar
     table = settings.providers.shadow_models
     default = settings.providers.shadow_model
     if not table:
-        return pa.array([default] * len(batch), pa.string())
+        return pa.repeat(pa.scalar(default, pa.string()), len(batch))
     names = pa.array(list(table), pa.string())
     values = pa.array(list(table.values()), pa.string())
     by_op = pc.take(values, pc.index_in(batch.column("operation"), names))
@@ -270,7 +271,7 @@ def shadow_price_batch(batch: pa.RecordBatch | pa.Table, settings: Settings) -> 
     Null for external rows and when the reference model itself has no price.
     """
     internal = internal_mask(batch, settings)
-    providers = pa.array([settings.providers.shadow_provider] * len(batch), pa.string())
+    providers = pa.repeat(pa.scalar(settings.providers.shadow_provider, pa.string()), len(batch))
     paid, _, priced, _ = _price_rows(
         batch, providers, shadow_models(batch, settings), internal, settings, False
     )
