@@ -277,9 +277,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=5_000,
                         help="simulated requests per event-time second (sent as fast as "
-                             "possible; keeps one 10 s GPU bucket's cost message < 10 MB)")
-    parser.add_argument("--duration", type=int, default=100,
-                        help="simulated seconds")
+                             "possible)")
+    parser.add_argument("--duration", type=int, default=400,
+                        help="simulated seconds (default: 2M requests, ~20 s of worker time: "
+                             "a 500k run is over in 6-8 s, a third of it pipeline fill)")
     parser.add_argument("--quix-events", type=int, default=200_000)
     parser.add_argument("--faust-events", type=int, default=20_000)
     parser.add_argument("--timeout", type=float, default=300)
