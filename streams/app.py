@@ -124,6 +124,10 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=10 * 1024 * 1024,
         producer_max_batch_size=8 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # Topics created just before the worker starts can be missing from its first metadata;
+        # Faust's assignor then skips them and nothing is assigned until the next refresh
+        # (default 5 min: the first worker of a fresh deployment sat idle, seen in SIGKILL runs).
+        consumer_metadata_max_age_ms=10_000,
         broker_commit_every=200,
         broker_session_timeout=10.0,  # a SIGKILLed worker's partitions move on within ~10 s
         broker_heartbeat_interval=3.0,
