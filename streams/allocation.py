@@ -69,24 +69,27 @@ def allocate(total_pico: int, weights: np.ndarray,
 
     Σ result == total_pico; each share is floor or floor+1 of its exact proportional value; the
     leftover pico-dollars go to the largest remainders, ties by `tie_keys` (request_id).
-    int64 arithmetic when total x weight fits (always, for real buckets: ~1e10 pico x tokens);
-    Python ints otherwise.
+    int64 arithmetic when total x weight and Σ weights fit (always, for real buckets: ~1e10
+    pico x tokens); Python ints otherwise.
     """
     n = len(weights)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    w = np.asarray(weights, dtype=object if _too_big(weights) else np.int64)
+    w = np.asarray(weights)
+    if (w.dtype.kind not in "iu" or total_pico < 0 or int(w.min()) < 0
+            or int(w.max()) * max(total_pico, n) >= _INT64_LIMIT):
+        keys = tie_keys if isinstance(tie_keys, list) else tie_keys.to_pylist()
+        return _allocate_exact(total_pico, [int(x) for x in w], keys)
+    w = w.astype(np.int64, copy=False)
     if w.sum() <= 0:
         w = np.ones(n, dtype=np.int64)
     total_w = int(w.sum())
-    if total_pico < 0 or w.dtype == object or total_pico * int(w.max()) >= _INT64_LIMIT \
-            or total_w >= _INT64_LIMIT:
-        return _allocate_exact(total_pico, [int(x) for x in w], _as_list(tie_keys))
     product = w * total_pico
     shares = product // total_w
     left = total_pico - int(shares.sum())
     if left:
-        ranked = pa.table({"remainder": product % total_w, "tie": _as_array(tie_keys)})
+        ties = pa.array(tie_keys, pa.string()) if isinstance(tie_keys, list) else tie_keys
+        ranked = pa.table({"remainder": product % total_w, "tie": ties})
         order = pc.sort_indices(ranked, sort_keys=[("remainder", "descending"),
                                                    ("tie", "ascending")])
         shares[order.slice(0, left).to_numpy()] += 1
@@ -96,21 +99,10 @@ def allocate(total_pico: int, weights: np.ndarray,
 _INT64_LIMIT = 2**63
 
 
-def _too_big(weights: np.ndarray) -> bool:
-    array = np.asarray(weights)
-    return array.dtype == object or (array.size > 0 and int(array.max()) >= _INT64_LIMIT)
-
-
-def _as_array(keys: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array | pa.ChunkedArray:
-    return pa.array(keys, pa.string()) if isinstance(keys, list) else keys
-
-
-def _as_list(keys: pa.Array | pa.ChunkedArray | list[str]) -> list[str]:
-    return keys if isinstance(keys, list) else keys.to_pylist()
-
-
 def _allocate_exact(total_pico: int, w: list[int], tie_keys: list[str]) -> np.ndarray:
     """The same rule in Python ints: for totals x weights beyond 64 bits."""
+    if sum(w) <= 0:
+        w = [1] * len(w)
     total_w = sum(w)
     shares = [total_pico * x // total_w for x in w]
     remainders = [total_pico * x % total_w for x in w]

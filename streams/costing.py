@@ -23,7 +23,6 @@ tombstone cost the same per key whatever its size (FINDINGS §1).
 from __future__ import annotations
 
 import base64
-import json
 from collections import defaultdict
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -114,10 +113,8 @@ class _Chunk:
         return int(self.buckets.max())
 
     def rows_of(self, bucket: int) -> pa.Table:
-        if self.buckets[0] == bucket and self.buckets[-1] == bucket and \
-                (self.buckets == bucket).all():
-            return self.table
-        return self.table.filter(pa.array(self.buckets == bucket))
+        mask = self.buckets == bucket
+        return self.table if mask.all() else self.table.filter(pa.array(mask))
 
 
 class GpuAllocator:
@@ -175,8 +172,7 @@ class GpuAllocator:
 
     def _remember(self, key: str, chunk: _Chunk, closed: int | None) -> None:
         self._chunks[key] = chunk
-        index = self._index
-        assert index is not None  # built before anything is remembered
+        index = self._bucket_index()  # already built: _put builds it before writing its key
         for bucket in np.unique(chunk.buckets).tolist():
             if closed is None or bucket > closed:
                 index[bucket].add(key)
@@ -236,7 +232,7 @@ class GpuAllocator:
         ts = table.column("timestamp").cast(pa.int64())
         closed = self._meta("closed_through", None)
         if closed is not None:  # samples for a closed bucket cannot change a final GPU cost
-            table = table.filter(pc.greater(ts, closed + self.bucket_us - 1))
+            table = table.filter(pc.greater_equal(ts, closed + self.bucket_us))
         if table.num_rows:
             self._put("s", source, table)
         self._advance(pc.max(ts).as_py())
@@ -404,8 +400,9 @@ def _by_gpu(parts: list[pa.Table],
     table = pa.concat_tables(parts)
     if table.num_rows == 0:
         return {}
-    order = pc.sort_indices(gpu_of(table))  # stable
-    gpus = gpu_of(table).take(order).combine_chunks()
+    keys = gpu_of(table)
+    order = pc.sort_indices(keys)  # stable
+    gpus = keys.take(order).combine_chunks()
     table = table.take(order)
     n = table.num_rows
     changes = pc.not_equal(gpus.slice(1), gpus.slice(0, n - 1)).to_numpy(zero_copy_only=False)
@@ -435,15 +432,6 @@ def _dedup(table: pa.Table) -> pa.Table:
 def _set_status(table: pa.Table, status: str) -> pa.Table:
     return table.set_column(table.schema.get_field_index("pricing_status"), "pricing_status",
                             pa.repeat(pa.scalar(status, pa.string()), table.num_rows))
-
-
-def pending_message(table: pa.Table) -> bytes:
-    return encode_arrow(table)
-
-
-def meta_json(allocator: GpuAllocator) -> str:
-    return json.dumps({"watermark": allocator.watermark(),
-                       "closed_through": allocator._meta("closed_through", None)})
 
 
 __all__ = ["GpuAllocator", "cost_records", "money_to_pico"]
