@@ -380,10 +380,19 @@ log4j.logger.state.change.logger=WARN
 
 
 def _cluster_id(paths: _Paths) -> str:
-    """Kafka's cluster id format: a random UUID as unpadded URL-safe base64 (22 chars)."""
+    """Kafka's cluster id format: a random UUID as unpadded URL-safe base64 (22 chars).
+
+    Never one that starts with "-" (1 in 64): kafka-storage would read it as an option ("argument
+    --cluster-id/-t: expected one argument", seen once in CI). Kafka's own Uuid.randomUuid skips
+    those too. A saved one that does could never have formatted the storage, so it is replaced.
+    """
     if paths.cluster_id.exists():
-        return paths.cluster_id.read_text().strip()
-    cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        saved = paths.cluster_id.read_text().strip()
+        if saved and not saved.startswith("-"):
+            return saved
+    cluster = "-"
+    while cluster.startswith("-"):
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     paths.cluster_id.write_text(cluster + "\n")
     return cluster
 

@@ -77,3 +77,21 @@ def test_status_of_stopped_local_broker(tmp_path: Path) -> None:
     result = _run(tmp_path, "status", port=port)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}: stopped" in result.stdout
+
+
+def test_cluster_id_never_starts_with_a_dash(tmp_path, monkeypatch) -> None:
+    """kafka-storage parses a leading "-" as an option: such an id must be skipped, and a saved
+    one replaced (1 fresh broker in 64 failed to format before)."""
+    import uuid
+
+    from costpipe import broker
+
+    paths = broker._Paths(tmp_path)
+    dash_first = uuid.UUID(bytes=b"\xfb" + bytes(15))  # base64 "-w..." (0xfb -> '-')
+    ids = iter([dash_first, uuid.UUID(int=1)])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(ids))
+    paths.cluster_id.parent.mkdir(parents=True, exist_ok=True)
+    paths.cluster_id.write_text("-stale\n")
+    cluster = broker._cluster_id(paths)
+    assert not cluster.startswith("-") and len(cluster) == 22
+    assert broker._cluster_id(paths) == cluster  # saved and reused
