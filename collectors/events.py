@@ -23,6 +23,7 @@ TOKEN_DEFAULTS: dict[str, int] = {
     "cache_write_tokens": 0,
 }
 FIELDS = frozenset(REQUEST_EVENT.names)
+_NAMES = tuple(REQUEST_EVENT.names)  # Schema.names builds a new list on every call
 
 
 class EventSink(Protocol):
@@ -35,7 +36,7 @@ class EventSink(Protocol):
 
 def request_event(settings: Settings, **fields: Any) -> dict[str, Any]:
     """A complete REQUEST_EVENT dict: given fields plus ids, defaults and provider_kind."""
-    event: dict[str, Any] = dict.fromkeys(REQUEST_EVENT.names)
+    event: dict[str, Any] = dict.fromkeys(_NAMES)
     event.update(TOKEN_DEFAULTS)
     event["request_id"] = uuid.uuid4().hex
     event["timestamp"] = dt.datetime.now(dt.UTC)

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from collectors.proxy import Proxy, ProxyConfig
 from costpipe.settings import Settings, load_settings
-from tests.openai_stub import StubUpstream, start_site
+from tests.openai_stub import StubUpstream, free_port, start_site
 
 
 class ListSink:
@@ -36,6 +36,7 @@ class Servers:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runners: list[Any] = []
+        self.proxies: list[Proxy] = []
 
     def __enter__(self) -> Servers:
         self.thread.start()
@@ -53,9 +54,11 @@ class Servers:
             "COSTPIPE_PROVIDERS__INTERNAL": '["own-vllm"]',
         })
         config = ProxyConfig(upstream=upstream, **self.config)
-        runner, url = await start_site(Proxy(settings, config, self.sink).app())
-        self.runners.append(runner)
-        return url
+        proxy = Proxy(settings, config, self.sink)
+        port = free_port()
+        await proxy.start("127.0.0.1", port)
+        self.proxies.append(proxy)
+        return f"http://127.0.0.1:{port}"
 
     def proxy_for(self, upstream: str) -> str:
         """Another proxy (same sink and options) in front of `upstream`; returns its URL."""
@@ -63,6 +66,8 @@ class Servers:
 
     def __exit__(self, *_: object) -> None:
         async def stop() -> None:
+            for proxy in self.proxies:
+                await proxy.close()
             for runner in reversed(self.runners):
                 await runner.cleanup()
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)

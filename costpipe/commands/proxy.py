@@ -25,10 +25,8 @@ def register(app: typer.Typer) -> None:
         metrics: bool = typer.Option(True, help="Serve Prometheus counters."),
     ) -> None:
         """Forward OpenAI-compatible calls to UPSTREAM and emit one request event per call."""
-        from aiohttp import web
-
         from collectors.producer import producer_for
-        from collectors.proxy import Proxy, ProxyConfig
+        from collectors.proxy import Proxy, ProxyConfig, serve
 
         settings = get_settings()
         parse_url("proxy", "--upstream", upstream)
@@ -45,8 +43,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"proxy http://{host}:{port} -> {upstream} (provider {provider}, "
                    f"events -> {settings.topics.requests})", err=True)
         try:
-            web.run_app(Proxy(settings, config, producer).app(), host=host, port=port,
-                        access_log=None, print=None)
+            serve(Proxy(settings, config, producer), host, port)
         except OSError as exc:
             fail("proxy", f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         finally:
