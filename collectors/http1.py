@@ -182,12 +182,15 @@ class ServerConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._keep_alive = self._parser.should_keep_alive()  # reset once the message ends
+        expects_continue = False
         for name, value in self._headers:
             lower = name.lower()
             if lower == b"expect" and value.lower() == b"100-continue":
-                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                expects_continue = True
             elif lower == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 self._too_large = True
+        if expects_continue and not self._too_large:  # curl waits for this before a body
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -495,6 +498,8 @@ class UpstreamPool:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+            self._reaper = None
         for conn in [*self._idle, *self._busy]:
             if conn.transport is not None:
                 conn.transport.close()
