@@ -28,7 +28,7 @@ import httptools
 Headers = list[tuple[bytes, bytes]]
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 413: b"Payload Too Large",
-            502: b"Bad Gateway", 504: b"Gateway Timeout"}
+            502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
 
 @dataclass(slots=True)

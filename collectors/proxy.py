@@ -67,6 +67,7 @@ HOP_BY_HOP = frozenset(h.lower().encode() for h in (
 ))
 MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_REQUEST_BODY = 64 * 1024 * 1024
+SHUTDOWN_GRACE_S = 10.0  # on SIGTERM, streams in flight get this long to finish
 _CONTENT = re.compile(rb'"(?:content|text|delta|arguments)"\s*:\s*"[^"]')
 _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
@@ -233,6 +234,7 @@ class Proxy:
         self._ssl = ssl.create_default_context() if base.scheme == "https" else None
         self._pool: UpstreamPool | None = None
         self._server: asyncio.Server | None = None
+        self._inflight: set[_Exchange] = set()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen on host:port (OSError when it cannot) and serve until `close`."""
@@ -246,9 +248,16 @@ class Proxy:
             reuse_address=True, backlog=2048)
         return self._server
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop listening, let calls in flight finish for up to `grace_s`, then cut the rest;
+        every call, finished or cut, has its event emitted before this returns."""
         if self._server is not None:
             self._server.close()
+        deadline = time.monotonic() + grace_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for exchange in list(self._inflight):
+            exchange.cut("proxy_shutdown")
         if self._pool is not None:
             await self._pool.close()
 
@@ -385,6 +394,7 @@ class _Exchange:
         pool = self.proxy._pool
         assert pool is not None
         self.reply.listener = self
+        self.proxy._inflight.add(self)
         if self.route is not None:
             self._rewrite_body()
         conn = pool.try_acquire()
@@ -424,12 +434,24 @@ class _Exchange:
         if self.finished:
             return
         self.finished = True
+        self.proxy._inflight.discard(self)
         # Break the exchange <-> reply cycle so the exchange is freed by reference counting:
         # left to the cyclic collector, 200 streams' garbage made 4 ms pauses (FINDINGS 6).
         self.reply.listener = None
         if self.route is not None:
             self.proxy._emit(self)
         self.upstream = None
+
+    def cut(self, error_type: str) -> None:
+        """End the call now (shutdown): the client sees an incomplete response."""
+        self.error_type = self.error_type or error_type
+        if self.upstream is not None:
+            self.upstream.detach()
+        if self.reply.started:
+            self.reply.abort()
+        elif not self.reply.finished:
+            self.reply.simple(503, _openai_error("the proxy is shutting down", error_type))
+        self._finish()
 
     # ResponseListener: the upstream's side
     def on_head(self, status: int, reason: bytes, headers: Headers) -> None:
@@ -499,7 +521,9 @@ class _Exchange:
 
 def serve(proxy: Proxy, host: str, port: int) -> None:
     """Run `proxy` on host:port until SIGINT or SIGTERM, on uvloop where it is installed
-    (half the CPU per forwarded chunk of the standard loop). OSError when it cannot listen."""
+    (half the CPU per forwarded chunk of the standard loop). OSError when it cannot listen.
+    On a signal, calls in flight get SHUTDOWN_GRACE_S to finish; the rest are cut and
+    recorded as errors (`proxy_shutdown`), so no call goes unrecorded."""
 
     async def main() -> None:
         await proxy.start(host, port)
@@ -513,7 +537,7 @@ def serve(proxy: Proxy, host: str, port: int) -> None:
         try:
             await stop.wait()
         finally:
-            await proxy.close()
+            await proxy.close(grace_s=SHUTDOWN_GRACE_S)
 
     try:
         import uvloop

@@ -353,3 +353,32 @@ def test_slow_client_pauses_the_upstream_instead_of_buffering_the_stream() -> No
             total += len(sock.recv(1 << 20))
         time.sleep(0.3)
         assert sent[0] > first
+
+
+def test_shutdown_lets_short_calls_finish_and_records_the_ones_it_cuts() -> None:
+    async def slow_sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, _, body = await read_request(reader)
+        events = 3 if b"short" in body else 100
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(events):
+            data = b'data: {"model":"m","choices":[{"delta":{"content":"a"}}]}\n\n'
+            writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    with Rig(slow_sse) as rig, rig.connect() as short, rig.connect() as long:
+        short.sendall(post(b"/v1/chat/completions", b'{"model":"short","stream":true}'))
+        long.sendall(post(b"/v1/chat/completions", b'{"model":"long","stream":true}'))
+        time.sleep(0.15)
+        rig.call(rig.proxy.close(grace_s=1.0))
+        status, _, body = read_response(short)  # finished inside the grace period
+        assert status == 200 and body.count(b"data:") == 3
+        events = {e["model"]: e for e in rig.events(2)}
+    assert (events["short"]["status"], events["short"]["error_type"]) == ("ok", None)
+    assert (events["long"]["status"], events["long"]["error_type"]) == ("error",
+                                                                        "proxy_shutdown")
+    assert 5 <= events["long"]["output_tokens"] < 100
