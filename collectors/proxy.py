@@ -131,8 +131,9 @@ class ResponseTracker:
             data = bytes(self._pending)
         else:  # the usual case: each read is one or more whole events
             data = chunk
-        end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-        if end < 2:
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        if end == 0:  # no complete event yet
             if not self._pending:
                 self._pending += chunk
             return b"" if self.strip else chunk
@@ -174,12 +175,16 @@ class ResponseTracker:
             self.error_type = str(kind) if kind else None
 
     def _scan_events(self, data: bytes) -> bytes:
+        """Inspect each complete event; return the ones the client gets (when stripping)."""
         sep = b"\r\n\r\n" if b"\r\n\r\n" in data else b"\n\n"
+        if not self.strip:  # the bytes go out unchanged: only count
+            for raw in data.split(sep):
+                if raw:
+                    self._inspect(raw)
+            return b""
         kept: list[bytes] = []
         for raw in data.split(sep):
-            if not raw.strip():
-                continue
-            if self._inspect(raw):
+            if raw.strip() and self._inspect(raw):
                 kept.append(raw + sep)
         return b"".join(kept)
 
