@@ -144,14 +144,38 @@ def benches(args: argparse.Namespace) -> list[Bench]:
         Bench("sdk", "SDK caller overhead per tracked call", [PY, "bench/bench_sdk.py"],
               parse_sdk, (Figure("cpu_us", "caller-thread CPU", "us", "<= 10", le(10.0), 2),
                           Figure("wall_us", "caller wall time (GIL shared)", "us", digits=2))),
-        Bench("proxy", "Proxy added latency, 200 concurrent streams",
-              [PY, "bench/bench_proxy.py", "--rounds", "5" if args.quick else "10"],
+        Bench("proxy", "Proxy added latency, 200 streams in flight (Kafka producer on; proxy"
+              " on its own CPU, stub + load generator on the other)",
+              [PY, "bench/bench_proxy.py", "--kafka",
+               *(["--rounds", "10", "--blocks", "5"] if args.quick else [])],
               last_json, (
                   Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
                   Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", "<= 2",
                          le(2.0), 2),
+                  Figure("added_ttft_ms_p50", "added p50 (first chunk)", "ms", digits=2),
                   Figure("added_ttft_ms_p99", "added p99 (first chunk)", "ms", digits=2),
+                  Figure("direct_stream_ms_p99", "direct stream p99 (0.4 s nominal)", "ms",
+                         digits=1),
                   Figure("proxy_cpu_us_per_chunk", "proxy CPU per chunk", "us", digits=1),
+              )),
+        Bench("proxy_herd", "Proxy, 200 requests sent in the same millisecond (a burst: the"
+              " last waits for the 199 set-ups before it)",
+              [PY, "bench/bench_proxy.py", "--kafka", "--load", "herd", "--rounds",
+               "5" if args.quick else "10"],
+              last_json, (
+                  Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
+                  Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", digits=2),
+                  Figure("added_ttft_ms_p99", "added p99 (first chunk)", "ms", digits=2),
+              )),
+        Bench("proxy_old_harness", "Proxy, burst of 200 with the aiohttp stub and client"
+              " (the harness of the figures before 11-30; ~1.2 ms CPU per request each)",
+              [PY, "bench/bench_proxy.py", "--kafka", "--harness", "aiohttp", "--no-pin",
+               "--rounds", "5" if args.quick else "10"],
+              last_json, (
+                  Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
+                  Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", digits=2),
+                  Figure("direct_ttft_ms_p50", "direct first chunk p50 (harness queueing)",
+                         "ms", digits=1),
               )),
         Bench("otlp", "OTLP receiver", [PY, "bench/bench_otlp.py"], last_json, (
             Figure("http_spans_per_s", "spans/s over HTTP", "spans/s"),
