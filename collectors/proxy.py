@@ -414,11 +414,14 @@ class _Exchange:
         try:
             conn = await pool.acquire()
         except (OSError, TimeoutError) as exc:
-            log.warning("upstream %s failed: %s", self.proxy.config.upstream, type(exc).__name__)
+            reason = f"upstream failed: {type(exc).__name__}"
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                reason += (" (its TLS certificate is not signed by a trusted CA; for a private"
+                           " CA set SSL_CERT_FILE to its PEM bundle)")
+            log.warning("%s: %s", self.proxy.config.upstream, reason)
             self.error_type = "upstream_unreachable"
             if not self.reply.finished:
-                self.reply.simple(502, _openai_error(
-                    f"upstream failed: {type(exc).__name__}", "upstream_unreachable"))
+                self.reply.simple(502, _openai_error(reason, "upstream_unreachable"))
             self._finish()
             return
         except BaseException:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from collectors.http1 import IncomingRequest, Reply, ServerConnection
 from collectors.proxy import Proxy, ProxyConfig
@@ -32,8 +34,10 @@ JSON_REPLY = (b'{"id":"x","model":"gpt-4o-0613","choices":[],'
 class Rig:
     """A raw upstream (`handler` per connection) and a proxy in front of it, on a loop thread."""
 
-    def __init__(self, handler: UpstreamHandler, **config: Any) -> None:
+    def __init__(self, handler: UpstreamHandler, tls: ssl.SSLContext | None = None,
+                 **config: Any) -> None:
         self.handler = handler
+        self.tls = tls
         self.config = config
         self.sink = ListSink()
         self.upstream_connections = 0
@@ -63,10 +67,12 @@ class Rig:
                 writer.close()
                 self.handlers.discard(task)
 
-        self.upstream = await asyncio.start_server(counted, "127.0.0.1", 0)
+        self.upstream = await asyncio.start_server(counted, "127.0.0.1", 0, ssl=self.tls)
         port = self.upstream.sockets[0].getsockname()[1]
+        scheme = "https" if self.tls else "http"
         self.proxy = Proxy(load_settings(environ={}), ProxyConfig(
-            upstream=f"http://127.0.0.1:{port}/v1", provider="openai", **self.config), self.sink)
+            upstream=f"{scheme}://127.0.0.1:{port}/v1", provider="openai", **self.config),
+            self.sink)
         self.port = free_port()
         await self.proxy.start("127.0.0.1", self.port)
 
@@ -382,3 +388,29 @@ def test_shutdown_lets_short_calls_finish_and_records_the_ones_it_cuts() -> None
     assert (events["long"]["status"], events["long"]["error_type"]) == ("error",
                                                                         "proxy_shutdown")
     assert 5 <= events["long"]["output_tokens"] < 100
+
+
+def test_https_upstream_is_verified_against_the_trusted_cas(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A self-hosted server with a private CA: trusted through SSL_CERT_FILE, refused without."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    seen: list[tuple[bytes, dict[bytes, bytes], bytes]] = []
+    with Rig(keep_alive_json(seen), tls=server_tls) as rig, rig.connect() as sock:
+        sock.sendall(post(b"/v1/chat/completions", CHAT))  # not trusted yet
+        status, _, body = read_response(sock)
+        assert status == 502 and b"SSLCertVerificationError" in body
+        assert b"SSL_CERT_FILE" in body
+    assert seen == []
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with Rig(keep_alive_json(seen), tls=server_tls) as rig, rig.connect() as sock:
+        for _ in range(2):
+            sock.sendall(post(b"/v1/chat/completions", CHAT))
+            assert read_response(sock)[:3:2] == (200, JSON_REPLY)
+        assert rig.upstream_connections == 1
+        assert [e["status"] for e in rig.events(2)] == ["ok", "ok"]
+        host = f"127.0.0.1:{rig.upstream.sockets[0].getsockname()[1]}".encode()
+    assert [headers[b"host"] for _, headers, _ in seen] == [host, host]
