@@ -16,6 +16,7 @@ both ways: a slow client pauses the upstream read instead of buffering the strea
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections import deque
@@ -26,8 +27,10 @@ from typing import Protocol, cast
 import httptools
 
 Headers = list[tuple[bytes, bytes]]
+log = logging.getLogger(__name__)
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 413: b"Payload Too Large",
+            500: b"Internal Server Error",
             502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
 
@@ -200,6 +203,8 @@ class ServerConnection(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return  # refused or closed: later pipelined requests are not served
         if self._too_large:
             self._refuse(413, b"request body larger than %d bytes" % self._max_body)
             return
@@ -237,7 +242,15 @@ class ServerConnection(asyncio.Protocol):
         self.http_minor = request.http_minor
         reply = Reply(self, keep_alive)
         self._current = reply
-        self._handler(request, reply)
+        try:
+            self._handler(request, reply)
+        except Exception:  # a bug in the handler must not hang the client
+            log.exception("request handler failed")
+            if reply.started:
+                reply.abort()
+            elif not reply.finished:
+                reply.simple(500, b'{"error":{"message":"proxy error","type":"server_error",'
+                                  b'"param":null,"code":null}}')
 
     def _refuse(self, status: int, message: bytes) -> None:
         body = b'{"error":{"message":"%s","type":"invalid_request_error","param":null,' \

@@ -227,6 +227,35 @@ def test_malformed_request_is_a_400_and_the_connection_closes(json_rig: Any) -> 
     assert seen == [] and rig.sink.events == []
 
 
+class _Bare:
+    """A bare ServerConnection with `handler`, on a loop thread (no proxy, no upstream)."""
+
+    def __init__(self, handler: Callable[[IncomingRequest, Reply], None], max_body: int) -> None:
+        self.handler, self.max_body = handler, max_body
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> socket.socket:
+        self.thread.start()
+
+        async def serve() -> asyncio.Server:
+            return await asyncio.get_running_loop().create_server(
+                lambda: ServerConnection(self.handler, max_body=self.max_body), "127.0.0.1", 0)
+
+        self.server = asyncio.run_coroutine_threadsafe(serve(), self.loop).result(5)
+        port = self.server.sockets[0].getsockname()[1]
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        _LEFTOVERS.pop(self.sock.fileno(), None)
+        return self.sock
+
+    def __exit__(self, *_: object) -> None:
+        self.sock.close()
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
 def test_body_over_the_limit_is_a_413_before_anything_is_forwarded() -> None:
     handled: list[IncomingRequest] = []
 
@@ -234,27 +263,28 @@ def test_body_over_the_limit_is_a_413_before_anything_is_forwarded() -> None:
         handled.append(request)
         reply.simple(200, b"{}")
 
-    async def serve() -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(
-            lambda: ServerConnection(handler, max_body=100), "127.0.0.1", 0)
+    with _Bare(handler, max_body=100) as sock:
+        sock.sendall(post(b"/v1/chat/completions", b"x" * 50))
+        assert read_response(sock)[0] == 200
+        sock.sendall(post(b"/v1/chat/completions", b"x" * 101) + post(b"/v1/x", b"{}"))
+        status, _, body = read_response(sock)
+        assert status == 413 and b"100 bytes" in body
+        assert sock.recv(10) == b""  # closed: the pipelined request after it is not served
+    assert len(handled) == 1
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        server = asyncio.run_coroutine_threadsafe(serve(), loop).result(5)
-        port = server.sockets[0].getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(post(b"/v1/chat/completions", b"x" * 50))
-            assert read_response(sock)[0] == 200
-            sock.sendall(post(b"/v1/chat/completions", b"x" * 101))
-            status, _, body = read_response(sock)
-            assert status == 413 and b"100 bytes" in body
-        assert len(handled) == 1
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+
+def test_a_failing_handler_answers_500_and_the_connection_goes_on() -> None:
+    def handler(request: IncomingRequest, reply: Reply) -> None:
+        if request.target == b"/boom":
+            raise RuntimeError("bug")
+        reply.simple(200, b"{}")
+
+    with _Bare(handler, max_body=100) as sock:
+        sock.sendall(post(b"/boom", b"{}"))
+        status, _, body = read_response(sock)
+        assert status == 500 and b"server_error" in body
+        sock.sendall(post(b"/fine", b"{}"))
+        assert read_response(sock)[:3:2] == (200, b"{}")
 
 
 def test_response_framed_by_close_is_rechunked_and_that_connection_not_reused() -> None:
