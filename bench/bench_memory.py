@@ -45,8 +45,9 @@ def rss_mib(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=600, help="seconds")
-    parser.add_argument("--rate", type=float, default=3000.0,
-                        help="requests/s (half the e2e maximum, bench/RESULTS.md)")
+    parser.add_argument("--rate", type=float, default=56_000.0,
+                        help="requests/s: half the e2e maximum (run_all passes half the last"
+                             " e2e median; 112.6k on 2026-11-30)")
     parser.add_argument("--keys", type=int, default=100_000, help="distinct own-model names")
     parser.add_argument("--window", type=int, default=10, help="window seconds")
     parser.add_argument("--horizon", type=int, default=None,

@@ -59,6 +59,7 @@ merger_table = app.Table("window-merger", default=None, schema=_STATE, partition
 
 SOURCE_HEADER = "costpipe-source"
 OFFSET_HEADER = "costpipe-source-offset"
+PART_HEADER = "costpipe-part"  # "i/n": a partials message split in n (only the last is final)
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -117,13 +118,20 @@ async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int 
     for payload, _ in encode_envelopes(table, ENVELOPE_ROWS, ENVELOPE_BYTES):
         await costs_topic.send(key=source.encode(), value=payload,
                                headers=headers_for(ARROW, "cost_record"))
-    headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
-               (OFFSET_HEADER, str(offset).encode())]
-    if watermark is not None:
-        headers.append((WATERMARK_HEADER, str(watermark).encode()))
-    await partials_topic.send(key=source.encode(),
-                              value=encode_arrow(partials(table, settings.windows.seconds)),
-                              headers=headers)
+    # Partials of one source message may also exceed the request limit (100k keys at half
+    # the maximum rate: 21 MB from the allocator). They go in parts; the merger marks the
+    # source offset applied only with the last part, which alone carries the watermark.
+    summed = partials(table, settings.windows.seconds)
+    parts = [payload for payload, _ in encode_envelopes(summed, ENVELOPE_ROWS, ENVELOPE_BYTES)]
+    parts = parts or [encode_arrow(summed)]  # no rows: still sent, for the watermark
+    for number, payload in enumerate(parts, start=1):
+        headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
+                   (OFFSET_HEADER, str(offset).encode())]
+        if len(parts) > 1:
+            headers.append((PART_HEADER, f"{number}/{len(parts)}".encode()))
+        if watermark is not None and number == len(parts):
+            headers.append((WATERMARK_HEADER, str(watermark).encode()))
+        await partials_topic.send(key=source.encode(), value=payload, headers=headers)
 
 
 @app.agent(requests_topic, concurrency=1)
@@ -222,9 +230,10 @@ async def merger(stream: Any) -> None:
         offset = int(header_value(event.headers, OFFSET_HEADER) or event.message.offset)
         wm_text = header_value(event.headers, WATERMARK_HEADER)
         part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        number, _, count = (header_value(event.headers, PART_HEADER) or "1/1").partition("/")
         # The partials message offset names late-delta revisions of evicted windows.
         closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None,
-                             position=event.message.offset)
+                             position=event.message.offset, final=number == count)
         STAGE["merger"].rows_in(part.num_rows)
         STAGE["merger"].rows_out(closed.num_rows)
         # Envelopes of at most ENVELOPE_ROWS rows: a window with ~100k keys is one message over

@@ -123,12 +123,14 @@ class WindowMerger:
         return None if raw is None else int(raw)
 
     def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None,
-              position: int | None = None) -> pa.Table:
+              position: int | None = None, final: bool = True) -> pa.Table:
         """Apply one partial message; returns late-delta rows plus newly closed windows.
 
         `position` is the offset of the partial message in the partials topic: it names the
         revision of late deltas for evicted windows (see the module docstring). Without it a
-        persisted counter is used (pure callers, benches).
+        persisted counter is used (pure callers, benches). `final` is False for all but the
+        last part of a source message sent in parts: the source offset counts as applied
+        only after the last one, so the parts after the first are not taken for replays.
         """
         late_rows: list[dict[str, Any]] = []
         columns = {name: part.column(name).to_pylist() for name in part.column_names}
@@ -168,7 +170,7 @@ class WindowMerger:
             self.store[key] = entry
             if not entry["closed"]:
                 index[window].add(key)
-        if not seen_before:
+        if not seen_before and final:
             applied[source] = offset
             self.store["m|applied"] = applied
         if watermark_us is not None and watermark_us > (self.watermark or -1):

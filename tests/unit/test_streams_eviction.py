@@ -106,6 +106,35 @@ def test_eviction_keeps_every_total_and_replays_idempotent(plan: list[Any]) -> N
                    if k.startswith("k|"))
 
 
+@settings(max_examples=60, deadline=None)
+@given(plan=deliveries(), data=st.data())
+def test_partials_sent_in_parts_merge_like_whole_messages(plan: list[Any],
+                                                           data: st.DataObject) -> None:
+    """The worker splits a large partials message (same source and offset, watermark on the
+    last part only, `final` on the last): totals and (window, key, revision) stay as whole."""
+    whole, _ = _run(20, plan)
+    store: dict[str, Any] = {}
+    merger = WindowMerger(_settings(20), store)
+    out = []
+    position = 0
+    for source, offset, watermark, part, restart in plan:
+        if restart:
+            merger = WindowMerger(_settings(20), store)
+        cuts = sorted(data.draw(st.sets(st.integers(1, part.num_rows - 1), max_size=3))
+                      ) if part.num_rows > 1 else []
+        bounds = list(zip([0, *cuts], [*cuts, part.num_rows], strict=True))
+        for number, (start, end) in enumerate(bounds, start=1):
+            last = number == len(bounds)
+            out.append(merger.apply(part.slice(start, end - start), source, offset,
+                                    watermark if last else None, position, final=last))
+            position += 1
+    split = pa.concat_tables(out)
+    assert _sums(split) == _sums(whole)
+    triples = Counter(zip(*(split.column(c).to_pylist() for c in
+                            (*KEY_COLUMNS, "revision")), strict=True))
+    assert max(triples.values(), default=1) == 1
+
+
 def test_late_partial_for_evicted_window_is_a_delta_not_revision_zero() -> None:
     merger = WindowMerger(_settings(0), {})
     first = merger.apply(_partial([(0, 0, 5)]), "requests:0", 1, 0, position=0)
