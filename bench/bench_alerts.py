@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import (
     create_topics,
+    drop_run,
     emit,
     fresh_run,
     median,
@@ -145,7 +145,7 @@ def main() -> None:
     print(f"alert latency p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} s over "
           f"{len(latencies)}/{args.spikes} spikes (target p99 <= {args.window + 2} s)",
           file=sys.stderr)
-    shutil.rmtree(run.folder, ignore_errors=True)
+    drop_run(run)
     emit(result)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.common import (
     LakeCounter,
     Run,
     create_topics,
+    drop_run,
     emit,
     free_port,
     fresh_run,
@@ -237,8 +237,8 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
     print(f"  costpipe {cp['events_per_s']:,.0f} events/s; limit ...", file=sys.stderr,
           flush=True)
     if only_costpipe:
-        if not os.environ.get("BENCH_KEEP_RUN"):  # keep the lake and log to look into
-            subprocess.run(["rm", "-rf", str(run.folder)], check=False)
+        # BENCH_KEEP_RUN keeps the lake and log to look into
+        drop_run(run, keep_folder=bool(os.environ.get("BENCH_KEEP_RUN")))
         return {"requests": requests, "arrow_messages": messages,
                 "costpipe_events_per_s": cp["events_per_s"], "costpipe_seconds": cp["seconds"],
                 "worker_cpu_us_per_event": cp["worker_cpu_us_per_event"]}
@@ -253,7 +253,8 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
                      str(quix_n)])
     print("  faust peer ...", file=sys.stderr, flush=True)
     faust_n = min(json_events, faust_events)
-    env = {**os.environ, "BENCH_PARTITIONS": str(run.settings.topics.partitions)}
+    env = {**os.environ, "BENCH_PARTITIONS": str(run.settings.topics.partitions),
+           "BENCH_RUN_SUFFIX": run.suffix}  # names the peer's topics, so drop_run finds them
     faust = run_json([PY, "bench/peers/faust_per_event.py", boot, json_topic, str(faust_n),
                       "worker", "-l", "warn",
                       "--web-port", str(free_port())], env=env)
@@ -269,7 +270,7 @@ def one_run(rate: int, duration_s: int, quix_events: int, faust_events: int,
         "costpipe_over_faust": cp["events_per_s"] / faust["events_per_s"],
         "quix_events": quix_n, "faust_events": faust_n,
     }
-    subprocess.run(["rm", "-rf", str(run.folder)], check=False)
+    drop_run(run)
     return out
 
 

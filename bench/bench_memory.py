@@ -18,7 +18,6 @@ Last line: JSON with start/end/max RSS (MiB) and the growth.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bench.common import create_topics, emit, fresh_run, start_worker, stop
+from bench.common import create_topics, drop_run, emit, fresh_run, start_worker, stop
 from collectors.producer import producer_for
 from collectors.simulator import simulate
 
@@ -119,7 +118,7 @@ def main() -> None:
     }
     print(f"RSS after {settle} s: {start:.0f} MiB, end: {end:.0f} MiB "
           f"({result['growth_pct']:+.1f}%)", file=sys.stderr)
-    shutil.rmtree(run.folder, ignore_errors=True)
+    drop_run(run)
     emit(result)
 
 

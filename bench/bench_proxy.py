@@ -104,7 +104,10 @@ def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool) ->
         serve_proxy(proxy, "127.0.0.1", port)
     finally:
         if kafka:
+            from bench.common import delete_topics
+
             sink.close()
+            delete_topics(settings, f"bench.proxy.{os.getpid()}.")
     if os.environ.get("BENCH_PROFILE"):
         profiler.disable()
         profiler.dump_stats(os.environ["BENCH_PROFILE"])

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_e2e import fill
-from bench.common import COSTPIPE, ROOT, LakeCounter, create_topics, fresh_run
+from bench.common import COSTPIPE, ROOT, LakeCounter, create_topics, drop_run, fresh_run
 
 GROUPS = {  # inclusive buckets: first matching frame wins, checked from the leaf up
     "allocator agent (GPU cost)": "allocator (streams/agents.py",
@@ -86,6 +86,7 @@ def main() -> None:
     for frame, count in leaf.most_common(args.top):
         print(f"  {100 * count / total:5.1f}%  {frame[:110]}")
     print(f"\nraw profile: {out}")
+    drop_run(run, keep_folder=True)  # the topics go; the profile and worker log stay
 
 
 if __name__ == "__main__":

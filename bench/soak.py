@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import platform
 import re
-import shutil
 import statistics
 import sys
 import threading
@@ -42,7 +41,16 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, LakeCounter, Run, create_topics, fresh_run, start_worker, stop
+from bench.common import (
+    ROOT,
+    LakeCounter,
+    Run,
+    create_topics,
+    drop_run,
+    fresh_run,
+    start_worker,
+    stop,
+)
 from collectors.heartbeat import send_watermark
 from collectors.simulator import SimulationSummary, simulate
 from costpipe.kafka_config import confluent_consumer
@@ -231,7 +239,7 @@ def main() -> int:
     console.print(table)
     _append(args.output, args, rows)
     if not args.keep:
-        shutil.rmtree(run.folder, ignore_errors=True)
+        drop_run(run)
     return 1 if failures else 0
 
 

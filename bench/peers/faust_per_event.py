@@ -19,7 +19,7 @@ BOOTSTRAP, TOPIC, EXPECTED = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys.argv = [sys.argv[0], *sys.argv[4:]]
 
 app = faust.App(
-    f"bench-faust-{uuid.uuid4().hex[:8]}",
+    f"bench-faust-{os.environ.get('BENCH_RUN_SUFFIX') or uuid.uuid4().hex[:8]}",
     broker=f"kafka://{BOOTSTRAP}",
     store="memory://",
     consumer_auto_offset_reset="earliest",
