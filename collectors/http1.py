@@ -16,6 +16,7 @@ both ways: a slow client pauses the upstream read instead of buffering the strea
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 413: b"Payload Too Large",
             500: b"Internal Server Error",
             502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+
+
+def error_body(message: str, kind: str) -> bytes:
+    """An error in the OpenAI wire shape, so OpenAI clients raise it with its message."""
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": kind}}).encode()
 
 
 @dataclass(slots=True)
@@ -148,9 +155,9 @@ class ServerConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, b"protocol upgrades are not supported")
+            self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError:
-            self._refuse(400, b"malformed HTTP request")
+            self._refuse(400, "malformed HTTP request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -206,7 +213,7 @@ class ServerConnection(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return  # refused or closed: later pipelined requests are not served
         if self._too_large:
-            self._refuse(413, b"request body larger than %d bytes" % self._max_body)
+            self._refuse(413, f"request body larger than {self._max_body} bytes")
             return
         version = self._parser.get_http_version()
         request = IncomingRequest(
@@ -249,12 +256,10 @@ class ServerConnection(asyncio.Protocol):
             if reply.started:
                 reply.abort()
             elif not reply.finished:
-                reply.simple(500, b'{"error":{"message":"proxy error","type":"server_error",'
-                                  b'"param":null,"code":null}}')
+                reply.simple(500, error_body("proxy error", "server_error"))
 
-    def _refuse(self, status: int, message: bytes) -> None:
-        body = b'{"error":{"message":"%s","type":"invalid_request_error","param":null,' \
-               b'"code":null}}' % message
+    def _refuse(self, status: int, message: str) -> None:
+        body = error_body(message, "invalid_request_error")
         self.send(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                   b"Connection: close\r\n\r\n%b" % (status, _REASONS[status], len(body), body))
         self._queue.clear()
@@ -278,20 +283,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self._listener: ResponseListener | None = None
+        self._pieces: list[bytes] = []
+        self.idle_since = 0.0
+        self._reset(None, bodyless=False)
+
+    def _reset(self, listener: ResponseListener | None, bodyless: bool) -> None:
+        """Per-request state, fresh for each request on this connection."""
+        self._listener = listener
+        self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
         self._reason = b""
-        self._pieces: list[bytes] = []
         self._complete = False
         self._head_sent = False
         self._framed = False  # Content-Length or chunked: the end is known without a close
-        self._bodyless = False
+        self._bodyless = bodyless
         self._keep_alive = False
         self.paused = False  # the client is slow, not the upstream: no read timeout
         self.last_activity = time.monotonic()
-        self.idle_since = 0.0
 
     @property
     def usable(self) -> bool:
@@ -301,16 +310,7 @@ class UpstreamConnection(asyncio.Protocol):
                 bodyless: bool = False) -> None:
         """Send one request; `bodyless` when the response carries no body (HEAD)."""
         assert self.transport is not None
-        self._listener = listener
-        self._headers = []
-        self._reason = b""
-        self._complete = False
-        self._head_sent = False
-        self._framed = False
-        self._bodyless = bodyless
-        self.paused = False
-        self._parser = httptools.HttpResponseParser(self)
-        self.last_activity = time.monotonic()
+        self._reset(listener, bodyless)
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
@@ -435,11 +435,16 @@ class UpstreamPool:
         or a free slot has to be awaited with `acquire`."""
         if self._in_use >= self._max or self._waiters:
             return None
+        conn = self._pop_idle()
+        if conn is not None:
+            self._in_use += 1
+            self._busy.add(conn)
+        return conn
+
+    def _pop_idle(self) -> UpstreamConnection | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.usable:
-                self._in_use += 1
-                self._busy.add(conn)
                 return conn
         return None
 
@@ -458,15 +463,12 @@ class UpstreamPool:
                     self._waiters.remove(waiter)
         self._in_use += 1
         try:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.usable:
-                    self._busy.add(conn)
-                    return conn
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host, self.port, ssl=self._ssl,
-                    server_hostname=self.host if self._ssl else None)
+            conn = self._pop_idle()
+            if conn is None:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    _, conn = await loop.create_connection(
+                        lambda: UpstreamConnection(self), self.host, self.port, ssl=self._ssl,
+                        server_hostname=self.host if self._ssl else None)
             self._busy.add(conn)
             return conn
         except BaseException:

@@ -46,6 +46,7 @@ from collectors.http1 import (
     ServerConnection,
     UpstreamConnection,
     UpstreamPool,
+    error_body,
 )
 from costpipe.settings import Settings
 
@@ -279,7 +280,7 @@ class Proxy:
         if self.config.auth_token:
             given = (request.header(TOKEN_HEADER.lower().encode()) or "").encode("latin-1")
             if not hmac.compare_digest(given, self.config.auth_token.encode()):
-                reply.simple(401, _openai_error("missing or wrong X-Costpipe-Token header",
+                reply.simple(401, error_body("missing or wrong X-Costpipe-Token header",
                                                 "unauthorized"))
                 return
         _Exchange(self, request, reply).begin()
@@ -414,15 +415,7 @@ class _Exchange:
         try:
             conn = await pool.acquire()
         except (OSError, TimeoutError) as exc:
-            reason = f"upstream failed: {type(exc).__name__}"
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                reason += (" (its TLS certificate is not signed by a trusted CA; for a private"
-                           " CA set SSL_CERT_FILE to its PEM bundle)")
-            log.warning("%s: %s", self.proxy.config.upstream, reason)
-            self.error_type = "upstream_unreachable"
-            if not self.reply.finished:
-                self.reply.simple(502, _openai_error(reason, "upstream_unreachable"))
-            self._finish()
+            self._unreachable(exc)
             return
         except BaseException:
             self._finish()
@@ -458,7 +451,7 @@ class _Exchange:
         if self.reply.started:
             self.reply.abort()
         elif not self.reply.finished:
-            self.reply.simple(503, _openai_error("the proxy is shutting down", error_type))
+            self.reply.simple(503, error_body("the proxy is shutting down", error_type))
         self._finish()
 
     # ResponseListener: the upstream's side
@@ -503,11 +496,20 @@ class _Exchange:
         if self.reply.started:
             self.error_type = "upstream_interrupted"
             self.reply.abort()
+            self._finish()
         else:
-            self.error_type = "upstream_unreachable"
-            log.warning("upstream %s failed: %s", self.proxy.config.upstream, type(exc).__name__)
-            self.reply.simple(502, _openai_error(f"upstream failed: {type(exc).__name__}",
-                                                 "upstream_unreachable"))
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """No response came: answer 502 with why, and record the call as unreachable."""
+        reason = f"upstream failed: {type(exc).__name__}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            reason += (" (its TLS certificate is not signed by a trusted CA; for a private"
+                       " CA set SSL_CERT_FILE to its PEM bundle)")
+        log.warning("%s: %s", self.proxy.config.upstream, reason)
+        self.error_type = "upstream_unreachable"
+        if not self.reply.finished:
+            self.reply.simple(502, error_body(reason, "upstream_unreachable"))
         self._finish()
 
     # ReplyListener: the client's side
@@ -554,7 +556,3 @@ def serve(proxy: Proxy, host: str, port: int) -> None:
     else:
         uvloop.run(main())
 
-
-def _openai_error(message: str, kind: str) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": kind, "param": None, "code": kind}}).encode()
