@@ -15,8 +15,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from costpipe.settings import Settings, get_settings
-from lake.layout import TABLES, Lake, open_lake
+from costpipe.core.settings import Settings, get_settings
+from costpipe.lake.layout import TABLES, Lake, open_lake
 
 __all__ = [
     "ReadOnlyError",
@@ -64,7 +64,7 @@ def _source(lake: Lake, table_name: str) -> str:
 
 
 def sql_files() -> list[tuple[str, str]]:
-    folder = resources.files("analytics") / "sql"
+    folder = resources.files("costpipe.analytics") / "sql"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 

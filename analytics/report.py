@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-import analytics
+from costpipe import analytics
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 300, 56, 16, 16, 44
 COLORS = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
+from costpipe.schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
 
 OPERATIONS = ("code_completion", "chat", "voice", "embeddings", "reasoning")
 TEAMS = ("search", "support", "studio", "platform")
@@ -153,6 +153,6 @@ def windows_and_alerts(cost_table: pa.Table, seconds: int = 3600) -> tuple[pa.Ta
               FROM c GROUP BY 1)
         """
     ).to_arrow_table()
-    from lake.writer import conform
+    from costpipe.schemas.codec import conform
 
     return conform(windows, WINDOW_AGGREGATE), conform(alerts, ALERT)

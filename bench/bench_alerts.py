@@ -36,9 +36,9 @@ from bench.common import (
     stop,
     wait_until,
 )
-from collectors.producer import producer_for
-from collectors.simulator import WORKLOADS, Spike, simulate
-from costpipe.kafka_config import confluent_consumer
+from costpipe.collectors.producer import producer_for
+from costpipe.collectors.simulator import WORKLOADS, Spike, simulate
+from costpipe.core.kafka_clients import confluent_consumer
 
 OPERATIONS = [w.name for w in WORKLOADS]
 

@@ -47,12 +47,12 @@ from bench.common import (
     start_worker,
     stop,
 )
-from collectors.heartbeat import send_watermark
-from collectors.producer import BatchingProducer, producer_for
-from collectors.simulator import simulate
-from costpipe.kafka_config import confluent_consumer, confluent_producer
-from schemas.codec import ARROW, encode_arrow, headers_for
-from schemas.records import REQUEST_EVENT
+from costpipe.collectors.heartbeat import send_watermark
+from costpipe.collectors.producer import BatchingProducer, producer_for
+from costpipe.collectors.simulator import simulate
+from costpipe.core.kafka_clients import confluent_consumer, confluent_producer
+from costpipe.schemas.codec import ARROW, encode_arrow, headers_for
+from costpipe.schemas.records import REQUEST_EVENT
 
 QUIX_PY = ROOT / "bench" / ".venv-quix" / "bin" / "python"
 JSON_LIMIT_EVENTS = 500_000  # JSON events mirrored at least (the JSON raw-consume figure)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analytics import sample
 from bench.common import emit
-from costpipe.settings import Settings
-from lake.layout import open_lake
-from lake.sink import LakeSink
+from costpipe.analytics import sample
+from costpipe.core.settings import Settings
+from costpipe.lake.layout import open_lake
+from costpipe.lake.sink import LakeSink
 
 TOPIC = "costpipe.costs.v1"
 

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bench.common import create_topics, drop_run, emit, fresh_run, start_worker, stop
-from collectors.producer import producer_for
-from collectors.simulator import simulate
+from costpipe.collectors.producer import producer_for
+from costpipe.collectors.simulator import simulate
 
 
 def rss_mib(pid: int) -> float:

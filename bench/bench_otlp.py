@@ -46,8 +46,8 @@ def _payload(spans: int) -> bytes:
 
 
 def in_process(spans: int, repeats: int) -> float:
-    from collectors.otlp import OtlpReceiver, parse_request
-    from costpipe.settings import load_settings
+    from costpipe.collectors.otlp import OtlpReceiver, parse_request
+    from costpipe.core.settings import load_settings
 
     receiver = OtlpReceiver(load_settings(environ={}), CountingSink())
     body = _payload(spans)
@@ -60,13 +60,13 @@ def in_process(spans: int, repeats: int) -> float:
 def serve(port: int, kafka: bool) -> None:
     from aiohttp import web
 
-    from collectors.otlp import OtlpReceiver
-    from costpipe.settings import load_settings
+    from costpipe.collectors.otlp import OtlpReceiver
+    from costpipe.core.settings import load_settings
 
     settings = load_settings()
     sink: Any = CountingSink()
     if kafka:
-        from collectors.producer import BatchingProducer
+        from costpipe.collectors.producer import BatchingProducer
 
         sink = BatchingProducer(settings, f"bench.otlp.{os.getpid()}.v1", metrics=False,
                                 spool_dir=Path(settings.state_dir) / f"bench-spool-{os.getpid()}")

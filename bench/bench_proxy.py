@@ -81,14 +81,14 @@ def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool) ->
         web.run_app(StubUpstream(chunk_delay_s=CHUNK_DELAY_S).app(), host="127.0.0.1", port=port,
                     access_log=None, print=None)
         return
-    from collectors.proxy import Proxy, ProxyConfig
-    from collectors.proxy import serve as serve_proxy
-    from costpipe.settings import load_settings
+    from costpipe.collectors.proxy import Proxy, ProxyConfig
+    from costpipe.collectors.proxy import serve as serve_proxy
+    from costpipe.core.settings import load_settings
 
     settings = load_settings()
     sink: Any = CountingSink()
     if kafka:
-        from collectors.producer import BatchingProducer
+        from costpipe.collectors.producer import BatchingProducer
 
         sink = BatchingProducer(settings, f"bench.proxy.{os.getpid()}.v1", metrics=False,
                                 spool_dir=Path(settings.state_dir) / f"bench-spool-{os.getpid()}")
@@ -119,7 +119,7 @@ def _probe_lag() -> None:
     import atexit
     import gc
 
-    from collectors.proxy import Proxy
+    from costpipe.collectors.proxy import Proxy
 
     lags: list[float] = []
     pauses: list[tuple[int, float]] = []

@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import analytics
-from analytics import sample
-from costpipe.settings import LakeSettings, Settings
-from lake.layout import open_lake
-from lake.writer import write_range
+from costpipe import analytics
+from costpipe.analytics import sample
+from costpipe.core.settings import LakeSettings, Settings
+from costpipe.lake.layout import open_lake
+from costpipe.lake.writer import write_range
 
 CHUNK = 1_000_000
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)

@@ -13,9 +13,9 @@ import tempfile
 import time
 import uuid
 
-from collectors import sdk
-from collectors.producer import BatchingProducer
-from costpipe.settings import load_settings
+from costpipe.collectors import sdk
+from costpipe.collectors.producer import BatchingProducer
+from costpipe.core.settings import load_settings
 
 
 def main(calls: int = 200_000) -> None:

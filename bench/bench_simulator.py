@@ -13,8 +13,8 @@ import tempfile
 import time
 import uuid
 
-from collectors.simulator import simulate
-from costpipe.settings import load_settings
+from costpipe.collectors.simulator import simulate
+from costpipe.core.settings import load_settings
 
 
 def main(rate: float = 100_000.0, duration_s: int = 20) -> None:

@@ -20,9 +20,12 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from costpipe.settings import Settings
-from streams.aggregation import WindowMerger, partials
-from streams.costing import GpuAllocator, conform, cost_records
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import conform
+from costpipe.schemas.records import COST_RECORD
+from costpipe.streams.allocation.allocator import GpuAllocator
+from costpipe.streams.costing import cost_records
+from costpipe.streams.windows import WindowMerger, partials
 from tests.streams_support.workload import make_workload
 
 
@@ -51,7 +54,7 @@ def main() -> None:
                 allocator.add_samples(smp, f"gpu:0:{offset}")
         closed = allocator.close_ready()
         if closed.num_rows:
-            merger.apply(partials(conform(closed), 60), "gpuwork:0", offset, None)
+            merger.apply(partials(conform(closed, COST_RECORD), 60), "gpuwork:0", offset, None)
     elapsed = time.perf_counter() - started
     print(f"streams processing: {events:,} events in {elapsed:.2f} s = "
           f"{events / elapsed:,.0f} events/s (batches of 1,000, one core, no Kafka)")

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from costpipe.settings import Settings, load_settings
+from costpipe.core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -35,7 +35,7 @@ TOPICS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadlett
 def bootstrap() -> str:
     """The cluster from settings: KAFKA_BOOTSTRAP_SERVERS, else the project's local broker
     (`make bench` / `make soak` start it first)."""
-    from costpipe.settings import load_settings
+    from costpipe.core.settings import load_settings
 
     return load_settings().bootstrap_servers
 
@@ -84,7 +84,7 @@ def create_topics(run: Run, extra: dict[str, int] | None = None) -> None:
     """Create the run's topics up front (partials/gpuwork: one partition, as the agents need)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from costpipe.kafka_config import confluent_admin
+    from costpipe.core.kafka_clients import confluent_admin
 
     admin = AdminClient(confluent_admin(run.settings))
     wanted = [NewTopic(getattr(run.settings.topics, k),
@@ -109,7 +109,7 @@ def delete_topics(settings: Settings, marker: str) -> None:
     """Delete every topic whose name contains `marker`; errors are reported, not raised."""
     from confluent_kafka.admin import AdminClient
 
-    from costpipe.kafka_config import confluent_admin
+    from costpipe.core.kafka_clients import confluent_admin
 
     admin = AdminClient(confluent_admin(settings))
     try:

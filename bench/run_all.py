@@ -242,7 +242,7 @@ def machine() -> dict[str, str]:
                 if ln.startswith("model name")), platform.processor() or "unknown")
     mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                   if ln.startswith("MemTotal"))
-    from costpipe.settings import load_settings
+    from costpipe.core.settings import load_settings
 
     kafka = f"Apache Kafka {load_settings().kafka.kafka_version} (KRaft, local)"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from costpipe.settings import Settings
-from schemas.records import REQUEST_EVENT
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import REQUEST_EVENT
 
 TOKEN_DEFAULTS: dict[str, int] = {
     "input_tokens": 0,

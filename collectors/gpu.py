@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pynvml
 
-from schemas.records import GPU_SAMPLE
+from costpipe.schemas.records import GPU_SAMPLE
 
 log = logging.getLogger(__name__)
 

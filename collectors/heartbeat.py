@@ -12,10 +12,10 @@ import datetime as dt
 
 from confluent_kafka import Producer
 
-from costpipe.kafka_config import confluent_producer
-from costpipe.settings import Settings
-from schemas.codec import HEARTBEAT_RECORD, WATERMARK_HEADER, encode_arrow, headers_for
-from schemas.records import GPU_SAMPLE, REQUEST_EVENT
+from costpipe.core.kafka_clients import confluent_producer
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import HEARTBEAT_RECORD, WATERMARK_HEADER, encode_arrow, headers_for
+from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 
 def send_watermark(settings: Settings, until: dt.datetime, *, timeout: float = 30.0) -> int:

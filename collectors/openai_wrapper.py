@@ -18,7 +18,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from collectors.sdk import Tracker
+from costpipe.collectors.sdk import Tracker
 
 _ENDPOINTS = {
     # attribute path -> (gen_ai operation name, default business operation)

@@ -38,12 +38,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
-from prometheus_client import Counter
 
-from collectors.events import FIELDS, TOKEN_DEFAULTS, EventSink
-from costpipe.settings import Settings
-from schemas.codec import validate
-from schemas.records import REQUEST_EVENT, otel_attribute_map
+from costpipe.collectors.events import FIELDS, TOKEN_DEFAULTS, EventSink
+from costpipe.core.metrics import OTLP_SPANS
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import validate
+from costpipe.schemas.records import REQUEST_EVENT, otel_attribute_map
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ _RELAXED = pa.schema(
     [f.with_nullable(True) for f in REQUEST_EVENT], metadata=REQUEST_EVENT.metadata
 )
 
-SPANS = Counter("costpipe_otlp_spans", "Spans received by the OTLP receiver", ["outcome"])
-for _outcome in ("received", "genai", "ignored", "rejected"):
-    SPANS.labels(_outcome)
+SPANS = OTLP_SPANS
 
 
 class BadPayload(ValueError):

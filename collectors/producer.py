@@ -37,12 +37,12 @@ from typing import Any, Literal
 import pyarrow as pa
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from collectors import metrics
-from collectors.spool import Spool, SpoolBusyError, SpoolRecord
-from costpipe.kafka_config import confluent_producer
-from costpipe.settings import Settings
-from schemas.codec import conform, encode_envelopes, headers_for
-from schemas.records import GPU_SAMPLE, REQUEST_EVENT
+from costpipe.core import metrics
+from costpipe.collectors.spool import Spool, SpoolBusyError, SpoolRecord
+from costpipe.core.kafka_clients import confluent_producer
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import conform, encode_envelopes, headers_for
+from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 log = logging.getLogger(__name__)
 

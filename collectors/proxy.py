@@ -35,11 +35,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
 from yarl import URL
 
-from collectors.events import EventSink, request_event
-from collectors.http1 import (
+from costpipe.collectors.events import EventSink, request_event
+from costpipe.collectors.http1 import (
     Headers,
     IncomingRequest,
     Reply,
@@ -48,7 +47,8 @@ from collectors.http1 import (
     UpstreamPool,
     error_body,
 )
-from costpipe.settings import Settings
+from costpipe.core.metrics import PROXY_REQUESTS
+from costpipe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ SHUTDOWN_GRACE_S = 10.0  # on SIGTERM, streams in flight get this long to finish
 _CONTENT = re.compile(rb'"(?:content|text|delta|arguments)"\s*:\s*"[^"]')
 _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
 
-REQUESTS = Counter(
-    "costpipe_proxy_requests", "Model calls seen by the proxy", ["route", "status"]
-)
+REQUESTS = PROXY_REQUESTS
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from collectors.producer import BatchingProducer, producer_for
-from costpipe.settings import Settings, get_settings
+from costpipe.collectors.producer import BatchingProducer, producer_for
+from costpipe.core.settings import Settings, get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

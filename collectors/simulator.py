@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.settings import Settings
-from schemas.records import GPU_SAMPLE, MONEY_QUANTUM, REQUEST_EVENT
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import GPU_SAMPLE, MONEY_QUANTUM, REQUEST_EVENT
 
 MTOK = Decimal(1_000_000)
 US = 1_000_000
@@ -525,7 +525,7 @@ def simulate(
     energy = rng.integers(10**9, 10**10, max(gpus, 1)).astype(np.int64)[:gpus]
     producers: list[Any] = []
     if request_sink is None or (gpu_sink is None and gpus):
-        from collectors.producer import producer_for
+        from costpipe.collectors.producer import producer_for
 
         if request_sink is None:
             requests_producer = producer_for(settings, "requests")

@@ -29,9 +29,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from prometheus_client import Counter
 
-from lake.layout import (
+from costpipe.core.metrics import LAKE_DUPLICATES
+from costpipe.lake.layout import (
     HOUR_US,
     Key,
     Lake,
@@ -40,11 +40,9 @@ from lake.layout import (
     partition_dir,
     time_buckets,
 )
-from lake.layout import table as lake_table
+from costpipe.lake.layout import table as lake_table
 
-DUPLICATES = Counter("costpipe_lake_duplicate_rows_total",
-                     "Rows not written because the lake already held their key (replays)",
-                     ["table"])
+DUPLICATES = LAKE_DUPLICATES
 
 Slot = tuple[Key, int]  # (key, slice number since the epoch)
 SLICE_US = 300_000_000  # divides an hour: every slice lies in one hour folder

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lake.layout import EXPORT_DIR, TABLES, TMP_PREFIX, Lake, partition_dir
-from lake.writer import COMPRESSION, ROW_GROUP_SIZE
-from schemas.codec import conform
+from costpipe.lake.layout import EXPORT_DIR, TABLES, TMP_PREFIX, Lake, partition_dir
+from costpipe.lake.writer import COMPRESSION, ROW_GROUP_SIZE
+from costpipe.schemas.codec import conform
 
 ROWS_PER_FILE = 5_000_000
 Format = Literal["parquet", "focus"]

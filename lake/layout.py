@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
+from costpipe.schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
 
 STAGING_DIR: Final = "_staging"
 EXPORT_DIR: Final = "_exports"

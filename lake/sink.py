@@ -21,11 +21,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from costpipe.metrics import STAGE
-from lake.dedup import UniqueIndex
-from lake.layout import Key, Lake, table
-from lake.writer import WrittenFile, durable_high_water, recover, write_range
-from schemas.codec import conform
+from costpipe.core.metrics import STAGE
+from costpipe.lake.dedup import UniqueIndex
+from costpipe.lake.layout import Key, Lake, table
+from costpipe.lake.writer import WrittenFile, durable_high_water, recover, write_range
+from costpipe.schemas.codec import conform
 
 _STAGE = STAGE["lake_sink"]
 

@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from costpipe.metrics import LAKE_BYTES, LAKE_FILES, LAKE_ROWS
-from lake.layout import (
+from costpipe.core.metrics import LAKE_BYTES, LAKE_FILES, LAKE_ROWS
+from costpipe.lake.layout import (
     STAGING_DIR,
     TMP_PREFIX,
     Lake,
@@ -37,7 +37,7 @@ from lake.layout import (
     partition_dir,
     table,
 )
-from schemas.codec import conform
+from costpipe.schemas.codec import conform
 
 ROW_GROUP_SIZE = 1_000_000  # large groups: DuckDB scans and prunes per row group
 COMPRESSION = "zstd"

@@ -1,6 +1,6 @@
 """Contracts shared by every stage: Arrow schemas per topic and the envelope codec."""
 
-from schemas.codec import (
+from costpipe.schemas.codec import (
     ARROW,
     ENCODING_HEADER,
     JSON,
@@ -13,7 +13,7 @@ from schemas.codec import (
     header_value,
     headers_for,
 )
-from schemas.records import (
+from costpipe.schemas.records import (
     ALERT,
     ALL_SCHEMAS,
     COST_RECORD,

@@ -19,7 +19,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.records import (
+from costpipe.schemas.records import (
     MAX_TOKENS,
     MONEY_QUANTUM,
     PROVIDER_KINDS,

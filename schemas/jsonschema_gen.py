@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.codec import JSON_DEFAULTS, TOKEN_FIELDS
-from schemas.records import ALL_SCHEMAS, MAX_TOKENS, PROVIDER_KINDS, STATUSES
+from costpipe.schemas.codec import JSON_DEFAULTS, TOKEN_FIELDS
+from costpipe.schemas.records import ALL_SCHEMAS, MAX_TOKENS, PROVIDER_KINDS, STATUSES
 
 OUT_DIR = Path(__file__).parent / "jsonschema"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

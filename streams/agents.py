@@ -17,25 +17,27 @@ import faust
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import streams.health  # noqa: F401  (registers the consumer lag timer)
-from costpipe.metrics import STAGE
-from costpipe.settings import get_settings
-from schemas.codec import (
+import costpipe.streams.health  # noqa: F401  (registers the consumer lag timer)
+from costpipe.core.metrics import STAGE
+from costpipe.core.settings import get_settings
+from costpipe.schemas.codec import (
     ARROW,
     HEARTBEAT_RECORD,
     WATERMARK_HEADER,
+    conform,
     decode,
     encode_arrow,
     encode_envelopes,
     header_value,
     headers_for,
 )
-from schemas.records import GPU_SAMPLE, REQUEST_EVENT
-from streams.aggregation import WindowMerger, partials
-from streams.alerts import AlertEngine, alerts_table, post_webhook
-from streams.app import app, raw_topic
-from streams.costing import GpuAllocator, conform, cost_records
-from streams.deadletter import dead_letter_message, dead_letters
+from costpipe.schemas.records import COST_RECORD, GPU_SAMPLE, REQUEST_EVENT
+from costpipe.streams.alerts import AlertEngine, alerts_table, post_webhook
+from costpipe.streams.allocation.allocator import GpuAllocator
+from costpipe.streams.app import app, raw_topic
+from costpipe.streams.costing import cost_records
+from costpipe.streams.deadletter import dead_letter_message, dead_letters
+from costpipe.streams.windows import WindowMerger, partials
 
 log = logging.getLogger("costpipe.streams")
 settings = get_settings()
@@ -112,7 +114,7 @@ def _heartbeat(event: Any) -> int | None:
 async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int | None) -> None:
     if table.num_rows == 0 and watermark is None:
         return
-    table = conform(table)
+    table = conform(table, COST_RECORD)
     # Envelopes of at most ENVELOPE_ROWS rows: a heartbeat that closes a large own-model
     # backlog must not become one message over the producer's max request size.
     for payload, _ in encode_envelopes(table, ENVELOPE_ROWS, ENVELOPE_BYTES):
@@ -154,7 +156,7 @@ async def costing(stream: Any) -> None:
         # Always sent (maybe with no rows): it carries this partition's watermark, and whether
         # more of the partition was already waiting (then it cannot be idle, see note_requests).
         await gpuwork_topic.send(
-            key=b"gpu", value=encode_arrow(conform(pending)),
+            key=b"gpu", value=encode_arrow(conform(pending, COST_RECORD)),
             headers=[*headers_for(ARROW, "pending_cost"),
                      (SOURCE_HEADER, f"{source}:{msg.offset}".encode()),
                      (WATERMARK_HEADER, str(watermark).encode()),
@@ -210,13 +212,13 @@ async def allocator(stream: Any) -> None:
         if record == "gpu_sample":
             gpu.add_samples(table, chunk)
         else:
-            late = gpu.add_requests(conform(table), chunk)
+            late = gpu.add_requests(conform(table, COST_RECORD), chunk)
             wm = header_value(event.headers, WATERMARK_HEADER)
             gpu.note_requests(int(wm) if wm else None, chunk.rsplit(":", 1)[0],
                               header_value(event.headers, CAUGHT_UP_HEADER) != "0")
         out = gpu.close_ready()
         if late is not None and late.num_rows:
-            out = pa.concat_tables([conform(late), out])
+            out = pa.concat_tables([conform(late, COST_RECORD), out])
         STAGE["allocator"].rows_out(out.num_rows)
         await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
         gpu.mark_applied(chunk)

@@ -29,13 +29,12 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
-from prometheus_client import Counter
 
-from costpipe.settings import Settings
-from schemas.records import ALERT
+from costpipe.core.metrics import ALERTS
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import ALERT
 
 log = logging.getLogger("costpipe.alerts")
-ALERTS = Counter("costpipe_alerts_total", "Alerts fired", ["rule"])
 
 
 @dataclass

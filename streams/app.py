@@ -15,14 +15,12 @@ from typing import Any
 import faust
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
-from prometheus_client import Counter
 
-from costpipe.kafka_config import faust_broker_options
-from costpipe.settings import Settings, get_settings
+from costpipe.core.kafka_clients import faust_broker_options
+from costpipe.core.metrics import REWINDS, STALE_ACKS
+from costpipe.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-STALE_ACKS = Counter("costpipe_stale_acks_refused_total",
-                     "Acks refused for messages fetched before or during a rebalance (re-read)")
 
 
 def _refuse_stale_generation_acks() -> None:
@@ -62,8 +60,6 @@ def _refuse_stale_generation_acks() -> None:
     Consumer.ack = ack  # type: ignore[method-assign]
 
 
-REWINDS = Counter("costpipe_unprocessed_rewinds_total",
-                  "Partitions read again from an offset that was skipped, never acknowledged")
 MAX_REWINDS_PER_OFFSET = 3
 _pending_rewinds: dict[Any, int] = {}  # tp -> committed offset that no agent acknowledged
 _rewinds_done: dict[tuple[Any, int], int] = {}

@@ -10,15 +10,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
-from prometheus_client import Counter
 
-from schemas.codec import ARROW, Decoded, encode_arrow, headers_for, rows_as_json
-from schemas.records import DEAD_LETTER
-
-DEAD_LETTERS = Counter(
-    "costpipe_dead_letters_total", "Rejected messages or rows sent to the dead-letter topic",
-    ["source_topic", "field"],
-)
+from costpipe.core.metrics import DEAD_LETTERS
+from costpipe.schemas.codec import ARROW, Decoded, encode_arrow, headers_for, rows_as_json
+from costpipe.schemas.records import DEAD_LETTER
 
 
 def dead_letters(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from costpipe.metrics import CONSUMER_LAG
-from streams.app import app
+from costpipe.core.metrics import CONSUMER_LAG
+from costpipe.streams.app import app
 
 log = logging.getLogger(__name__)
 LAG_REFRESH_SECONDS = 5.0

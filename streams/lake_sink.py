@@ -20,13 +20,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from costpipe.settings import get_settings
-from lake.export import export_day
-from lake.layout import open_lake
-from lake.sink import Flushed, LakeSink
-from schemas.codec import decode
-from schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
-from streams.app import app
+from costpipe.core.settings import get_settings
+from costpipe.lake.export import export_day
+from costpipe.lake.layout import open_lake
+from costpipe.lake.sink import Flushed, LakeSink
+from costpipe.schemas.codec import decode
+from costpipe.schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
+from costpipe.streams.app import app
 
 log = logging.getLogger(__name__)
 settings = get_settings()

@@ -31,16 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from genai_prices import data_snapshot
 from genai_prices.types import TieredPrices
-from prometheus_client import Counter
 
-from costpipe.settings import PriceOverride, Settings
-from streams.money import PICO, pico_to_money, to_pico
+from costpipe.core.metrics import UNPRICED
+from costpipe.core.money import PICO, pico_to_money, to_pico
+from costpipe.core.settings import PriceOverride, Settings
 
-UNPRICED = Counter(
-    "costpipe_unpriced_requests_total",
-    "Requests whose model has no price (catalog or override); cost recorded as 0",
-    ["provider", "model"],
-)
 MTOK = Decimal(1_000_000)
 KINDS = ("input", "output", "cache_read", "cache_write")
 _US_PER_DAY = 86_400 * 1_000_000

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from costpipe import broker
-from costpipe.settings import Settings
+from costpipe.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_PORT = 29092
@@ -55,7 +55,7 @@ def kafka_bootstrap() -> Iterator[str]:
         pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
     yield bootstrap
     if not already and not os.environ.get(KEEP_ENV):
-        from collectors.producer import close_shared
+        from costpipe.collectors.producer import close_shared
 
         close_shared(timeout=5.0)  # before the broker goes: no reconnect noise at exit
         broker.stop(settings)

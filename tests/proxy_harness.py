@@ -10,8 +10,8 @@ from typing import Any
 import openai
 import pyarrow as pa
 
-from collectors.proxy import Proxy, ProxyConfig
-from costpipe.settings import Settings, load_settings
+from costpipe.collectors.proxy import Proxy, ProxyConfig
+from costpipe.core.settings import Settings, load_settings
 from tests.openai_stub import StubUpstream, free_port, start_site
 
 

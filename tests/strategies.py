@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from schemas.codec import MAX_EVENT_AGE, TOKEN_FIELDS
-from schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
+from costpipe.schemas.codec import MAX_EVENT_AGE, TOKEN_FIELDS
+from costpipe.schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)

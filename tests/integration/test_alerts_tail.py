@@ -23,10 +23,10 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 
-from costpipe.kafka_config import confluent_producer
-from costpipe.settings import Settings
-from schemas.codec import encode_arrow, headers_for
-from schemas.records import ALERT
+from costpipe.core.kafka_clients import confluent_producer
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import encode_arrow, headers_for
+from costpipe.schemas.records import ALERT
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,17 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from costpipe import broker
-from costpipe.kafka_config import confluent_consumer, confluent_producer
-from costpipe.settings import Settings
-from schemas import ARROW, JSON, REQUEST_EVENT, decode, encode_arrow, encode_json, headers_for
+from costpipe.core.kafka_clients import confluent_consumer, confluent_producer
+from costpipe.core.settings import Settings
+from costpipe.schemas import (
+    ARROW,
+    JSON,
+    REQUEST_EVENT,
+    decode,
+    encode_arrow,
+    encode_json,
+    headers_for,
+)
 
 pytestmark = pytest.mark.integration
 

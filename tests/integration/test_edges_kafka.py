@@ -15,11 +15,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from collectors.gpu import GpuSampler, run
-from collectors.otlp import OtlpReceiver
-from collectors.producer import BatchingProducer
-from costpipe.settings import Settings
-from schemas.records import GPU_SAMPLE
+from costpipe.collectors.gpu import GpuSampler, run
+from costpipe.collectors.otlp import OtlpReceiver
+from costpipe.collectors.producer import BatchingProducer
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import GPU_SAMPLE
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.integration.collectors_core.helpers import read_topic
 from tests.openai_stub import PROMPT_TOKENS, StubUpstream, start_site

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from analytics import sample
-from costpipe.kafka_config import confluent_consumer
+from costpipe.analytics import sample
+from costpipe.core.kafka_clients import confluent_consumer
 from tests.streams_support.harness import StreamsRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

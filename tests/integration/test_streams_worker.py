@@ -18,8 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from schemas.codec import JSON, encode_json, headers_for
-from schemas.records import COST_RECORD, DEAD_LETTER, GPU_SAMPLE, REQUEST_EVENT, WINDOW_AGGREGATE
+from costpipe.schemas.codec import JSON, encode_json, headers_for
+from costpipe.schemas.records import (
+    COST_RECORD,
+    DEAD_LETTER,
+    GPU_SAMPLE,
+    REQUEST_EVENT,
+    WINDOW_AGGREGATE,
+)
 from tests.streams_support.harness import StreamsRun, before, dedup, total
 from tests.streams_support.workload import Workload, make_workload
 

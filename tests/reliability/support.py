@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-import analytics
+from costpipe import analytics
 
 
 def scaled(env: str, default: int) -> int:

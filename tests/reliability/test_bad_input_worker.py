@@ -23,10 +23,10 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import analytics
-from costpipe.kafka_config import confluent_producer
-from schemas.codec import ARROW, JSON, encode_arrow, encode_json, headers_for
-from schemas.records import DEAD_LETTER, MAX_TOKENS, REQUEST_EVENT
+from costpipe import analytics
+from costpipe.core.kafka_clients import confluent_producer
+from costpipe.schemas.codec import ARROW, JSON, encode_arrow, encode_json, headers_for
+from costpipe.schemas.records import DEAD_LETTER, MAX_TOKENS, REQUEST_EVENT
 from tests.reliability.support import wait_until
 from tests.streams_support.harness import StreamsRun
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from collectors import sdk
-from collectors.producer import BatchingProducer
 from costpipe import broker
-from costpipe.settings import Settings
+from costpipe.collectors import sdk
+from costpipe.collectors.producer import BatchingProducer
+from costpipe.core.settings import Settings
 from tests.integration.collectors_core.helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(300)]

@@ -33,18 +33,18 @@ from aiohttp import web
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-import analytics
-from collectors import sdk
-from collectors.openai_wrapper import wrap_openai
-from collectors.otlp import OtlpReceiver
-from collectors.producer import BatchingProducer
-from costpipe.kafka_config import (
+from costpipe import analytics
+from costpipe.collectors import sdk
+from costpipe.collectors.openai_wrapper import wrap_openai
+from costpipe.collectors.otlp import OtlpReceiver
+from costpipe.collectors.producer import BatchingProducer
+from costpipe.core.kafka_clients import (
     confluent_admin,
     confluent_consumer,
     confluent_producer,
     faust_broker_options,
 )
-from costpipe.settings import Settings
+from costpipe.core.settings import Settings
 from tests.openai_stub import StubUpstream, start_site
 from tests.otlp_payloads import export_request, span
 from tests.proxy_harness import Servers
@@ -223,7 +223,7 @@ def test_listeners_bind_to_loopback_by_default() -> None:
     assert servers.proxy_listen.startswith("127.0.0.1:")
     assert servers.otlp_listen.startswith("127.0.0.1:")
     assert servers.metrics_host == "127.0.0.1"
-    from streams.app import app
+    from costpipe.streams.app import app
     assert app.conf.web_bind == "127.0.0.1"
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from collectors.producer import BatchingProducer
-from collectors.simulator import simulate
 from costpipe import broker
-from costpipe.settings import Settings
-from schemas.records import GPU_SAMPLE
+from costpipe.collectors.producer import BatchingProducer
+from costpipe.collectors.simulator import simulate
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import GPU_SAMPLE
 from tests.integration.collectors_core.helpers import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]

@@ -31,10 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import analytics
-from collectors.heartbeat import send_watermark
-from collectors.simulator import simulate
-from schemas.records import COST_RECORD
+from costpipe import analytics
+from costpipe.collectors.heartbeat import send_watermark
+from costpipe.collectors.simulator import simulate
+from costpipe.schemas.records import COST_RECORD
 from tests.reliability.support import (
     lake_costs,
     lake_raw_duplicates,

@@ -17,10 +17,10 @@ import pyarrow as pa
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from costpipe.kafka_config import confluent_admin, confluent_consumer, confluent_producer
-from costpipe.settings import Settings
-from schemas.codec import ARROW, decode, encode_arrow, headers_for
-from schemas.records import COST_RECORD, DEAD_LETTER, WINDOW_AGGREGATE
+from costpipe.core.kafka_clients import confluent_admin, confluent_consumer, confluent_producer
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import ARROW, decode, encode_arrow, headers_for
+from costpipe.schemas.records import COST_RECORD, DEAD_LETTER, WINDOW_AGGREGATE
 
 TOPIC_KEYS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter",
               "gpuwork")

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streams.alerts import post_webhook
+from costpipe.streams.alerts import post_webhook
 
 ALERT: dict[str, Any] = {
     "alert_id": "abc123",

@@ -9,12 +9,12 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-import analytics
-from analytics import sample
+from costpipe import analytics
+from costpipe.analytics import sample
 from costpipe.cli import app
-from costpipe.settings import LakeSettings, Settings
-from lake.layout import open_lake
-from lake.writer import write_range
+from costpipe.core.settings import LakeSettings, Settings
+from costpipe.lake.layout import open_lake
+from costpipe.lake.writer import write_range
 
 
 def _sum(table: pa.Table, column: str, mask=None) -> Decimal:

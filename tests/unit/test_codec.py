@@ -13,8 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import ALL_SCHEMAS, ARROW, JSON, decode, encode_arrow, encode_json, headers_for
-from schemas.codec import ENCODING_HEADER
+from costpipe.schemas import (
+    ALL_SCHEMAS,
+    ARROW,
+    JSON,
+    decode,
+    encode_arrow,
+    encode_json,
+    headers_for,
+)
+from costpipe.schemas.codec import ENCODING_HEADER
 from tests.strategies import NOW, rows
 
 SCHEMA_NAMES = sorted(ALL_SCHEMAS)
@@ -170,8 +178,8 @@ def test_garbage_never_raises(value: bytes | None, headers: Any, expected: str) 
 
 def test_trusted_topics_skip_value_rules_only_when_the_schema_matches_exactly():
     """The worker's own topics skip the value rules; a foreign-shaped batch is still checked."""
-    from schemas.records import COST_RECORD
-    from streams.costing import conform
+    from costpipe.schemas.codec import conform
+    from costpipe.schemas.records import COST_RECORD
 
     row = {name: None for name in COST_RECORD.names}
     row.update({"record_id": "r1", "record_type": "request", "timestamp": NOW,
@@ -180,7 +188,7 @@ def test_trusted_topics_skip_value_rules_only_when_the_schema_matches_exactly():
                 "input_tokens": -5, "output_tokens": 1, "cache_read_tokens": 0,
                 "cache_write_tokens": 0, "pricing_status": "priced",
                 "status": "ok"})
-    exact = conform(pa.Table.from_pylist([row], schema=COST_RECORD))
+    exact = conform(pa.Table.from_pylist([row], schema=COST_RECORD), COST_RECORD)
     headers = headers_for("arrow", "cost_record")
     trusted = decode(encode_arrow(exact), headers, COST_RECORD, trusted=True)
     assert trusted.ok and trusted.batch.num_rows == 1
@@ -190,7 +198,7 @@ def test_trusted_topics_skip_value_rules_only_when_the_schema_matches_exactly():
 
 
 def test_envelopes_are_bounded_by_rows_and_by_bytes_and_keep_every_row_in_order():
-    from schemas.codec import encode_envelopes
+    from costpipe.schemas.codec import encode_envelopes
 
     table = pa.table({"i": list(range(10_000)), "s": ["x" * 100] * 10_000})
     by_rows = list(encode_envelopes(table, 3_000))

@@ -12,7 +12,7 @@ import typer.main
 import yaml
 
 from costpipe.cli import app
-from costpipe.settings import load_settings
+from costpipe.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
 
-import streams.app as worker_app
+import costpipe.streams.app as worker_app
 
 TP = ("costpipe.requests.v1", 1)
 

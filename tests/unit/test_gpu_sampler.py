@@ -10,10 +10,10 @@ import pynvml
 import pytest
 from typer.testing import CliRunner
 
-from collectors.gpu import GpuSampler, GpuUnavailable, run
 from costpipe.cli import app
-from schemas.codec import validate
-from schemas.records import GPU_SAMPLE
+from costpipe.collectors.gpu import GpuSampler, GpuUnavailable, run
+from costpipe.schemas.codec import validate
+from costpipe.schemas.records import GPU_SAMPLE
 from tests.fake_nvml import GIB, FakeGpu, FakeNvml
 
 

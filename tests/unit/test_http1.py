@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import trustme
 
-from collectors.http1 import IncomingRequest, Reply, ServerConnection
-from collectors.proxy import Proxy, ProxyConfig
-from costpipe.settings import load_settings
+from costpipe.collectors.http1 import IncomingRequest, Reply, ServerConnection
+from costpipe.collectors.proxy import Proxy, ProxyConfig
+from costpipe.core.settings import load_settings
 from tests.openai_stub import free_port
 from tests.proxy_harness import ListSink
 

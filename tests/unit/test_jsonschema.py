@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from schemas import ALL_SCHEMAS, JSON, decode, encode_json, headers_for
-from schemas.jsonschema_gen import OUT_DIR, file_name, generate
+from costpipe.schemas import ALL_SCHEMAS, JSON, decode, encode_json, headers_for
+from costpipe.schemas.jsonschema_gen import OUT_DIR, file_name, generate
 from tests.strategies import NOW, rows
 
 PROFILE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,11 +8,11 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics import sample
-from lake import dedup
-from lake.dedup import HashSet, UniqueIndex
-from lake.layout import open_lake
-from lake.sink import LakeSink
+from costpipe.analytics import sample
+from costpipe.lake import dedup
+from costpipe.lake.dedup import HashSet, UniqueIndex
+from costpipe.lake.layout import open_lake
+from costpipe.lake.sink import LakeSink
 
 TOPIC = "costpipe.costs.v1"
 KEY = ("costs", TOPIC, 0)

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from analytics import sample
+from costpipe.analytics import sample
 from costpipe.cli import app
-from lake.export import export_day
-from lake.layout import open_lake
-from lake.writer import write_range
+from costpipe.lake.export import export_day
+from costpipe.lake.layout import open_lake
+from costpipe.lake.writer import write_range
 
 DAY = dt.date(2026, 11, 2)
 FOCUS_COLUMNS = {

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from analytics import sample
-from lake import writer
-from lake.layout import open_lake, parse_data_file_name
-from lake.sink import LakeSink
+from costpipe.analytics import sample
+from costpipe.lake import writer
+from costpipe.lake.layout import open_lake, parse_data_file_name
+from costpipe.lake.sink import LakeSink
 
 TOPIC = "costpipe.costs.v1"
 

@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from collectors.otlp import SPANS, OtlpReceiver
-from costpipe.settings import load_settings
+from costpipe.collectors.otlp import SPANS, OtlpReceiver
+from costpipe.core.settings import load_settings
 from tests.openai_stub import start_site
 from tests.otlp_payloads import GENAI, export_request, otlp_json, span
 

@@ -9,10 +9,10 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from analytics import sample
+from costpipe.analytics import sample
 from costpipe.cli import app
-from lake.layout import open_lake
-from lake.writer import write_range
+from costpipe.lake.layout import open_lake
+from costpipe.lake.writer import write_range
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHART_IDS = ("dependency-share", "cost-per-operation", "avoided-spend", "gpu-utilisation",

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors.proxy import ResponseTracker
+from costpipe.collectors.proxy import ResponseTracker
 
 
 def _stream(tokens: int, crlf: bool) -> bytes:

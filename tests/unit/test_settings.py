@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from costpipe.settings import Settings, SettingsError, load_settings
+from costpipe.core.settings import Settings, SettingsError, load_settings
 
 
 def _toml(tmp_path: Path, text: str) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collectors.spool import Spool
+from costpipe.collectors.spool import Spool
 
 
 def test_pending_bytes_follow_append_and_replay(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costpipe.settings import Settings
-from schemas.records import WINDOW_AGGREGATE
-from streams.aggregation import KEY_COLUMNS, LATE_REVISION_BASE, SUMS, WindowMerger
-from streams.alerts import AlertEngine
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import WINDOW_AGGREGATE
+from costpipe.streams.alerts import AlertEngine
+from costpipe.streams.windows import KEY_COLUMNS, LATE_REVISION_BASE, SUMS, WindowMerger
 
 W = 10_000_000  # 10 s windows, in µs
 SOURCES = ("requests:0", "requests:1", "gpuwork:0")

@@ -11,9 +11,12 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.settings import Settings
-from streams.aggregation import WindowMerger, partials
-from streams.costing import GpuAllocator, conform, cost_records
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import conform
+from costpipe.schemas.records import COST_RECORD
+from costpipe.streams.allocation.allocator import GpuAllocator
+from costpipe.streams.costing import cost_records
+from costpipe.streams.windows import WindowMerger, partials
 from tests.streams_support.workload import make_workload
 
 
@@ -50,7 +53,7 @@ def _run(settings: Settings, replay: bool = False, restart_at: int | None = None
         late = allocator.add_requests(pending, f"w{offset}")
         allocator.note_requests(pc.max(req.column("timestamp").cast(pa.int64())).as_py(), "r0")
         allocator.add_samples(smp, f"w{offset}")
-        closed = pa.concat_tables([conform(late), allocator.close_ready()])
+        closed = pa.concat_tables([conform(late, COST_RECORD), allocator.close_ready()])
         costs.append(closed)
         merge(closed, "gpuwork:0", offset)
     allocator.note_requests(2**62, "r0")  # requests stream finished
@@ -119,7 +122,7 @@ def test_allocator_restart_rebuilds_pending_state_from_the_store() -> None:
 
 
 def test_dedup_keeps_first_row_per_record_id() -> None:
-    from streams.costing import _dedup
+    from costpipe.streams.allocation.allocator import _dedup
 
     table = pa.table({"record_id": ["b", "a", "b", "c", "a"], "v": [1, 2, 3, 4, 5]})
     out = _dedup(table)

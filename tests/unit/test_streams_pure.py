@@ -11,13 +11,18 @@ from genai_prices import Usage, calc_price
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costpipe.settings import Settings
-from schemas.records import REQUEST_EVENT, WINDOW_AGGREGATE
-from streams import sketch
-from streams.alerts import AlertEngine, Ewma
-from streams.allocation import allocate, bucket_energy_mj, busy_pico, gpu_bucket_cost_pico
-from streams.money import money_to_pico, pico_to_money
-from streams.pricing import price_batch, shadow_price_batch
+from costpipe.core.money import money_to_pico, pico_to_money
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import REQUEST_EVENT, WINDOW_AGGREGATE
+from costpipe.streams import sketch
+from costpipe.streams.alerts import AlertEngine, Ewma
+from costpipe.streams.allocation.rule import (
+    allocate,
+    bucket_energy_mj,
+    busy_pico,
+    gpu_bucket_cost_pico,
+)
+from costpipe.streams.pricing import price_batch, shadow_price_batch
 
 
 @settings(max_examples=300, deadline=None)
@@ -39,7 +44,7 @@ def test_allocation_is_exact_and_fair(total: int, weights: list[int]) -> None:
 def test_vectorised_allocation_matches_the_exact_rule(total: int, weights: list[int],
                                                       keys: list[str]) -> None:
     """Small weights make many equal remainders, so the tie-break by request_id is exercised."""
-    from streams.allocation import _allocate_exact
+    from costpipe.streams.allocation.rule import _allocate_exact
 
     ties = keys[:len(weights)]
     w = weights if sum(weights) else [1] * len(weights)

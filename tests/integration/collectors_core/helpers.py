@@ -8,10 +8,10 @@ import uuid
 import pyarrow as pa
 from confluent_kafka import Consumer
 
-from costpipe.kafka_config import confluent_consumer
-from costpipe.settings import Settings, load_settings
-from schemas.codec import decode
-from schemas.records import REQUEST_EVENT
+from costpipe.core.kafka_clients import confluent_consumer
+from costpipe.core.settings import Settings, load_settings
+from costpipe.schemas.codec import decode
+from costpipe.schemas.records import REQUEST_EVENT
 
 
 def settings_for(bootstrap: str, tmp_path, **env: str) -> Settings:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from collectors.producer import BatchingProducer
+from costpipe.collectors.producer import BatchingProducer
 from tests.integration.collectors_core.helpers import read_topic, settings_for, unique_topic
 
 pytestmark = pytest.mark.integration

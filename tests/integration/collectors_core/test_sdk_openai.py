@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from collectors import sdk
-from collectors.openai_wrapper import wrap_openai
-from collectors.producer import BatchingProducer
+from costpipe.collectors import sdk
+from costpipe.collectors.openai_wrapper import wrap_openai
+from costpipe.collectors.producer import BatchingProducer
 from tests.integration.collectors_core.helpers import read_topic
 from tests.openai_stub import CACHED_TOKENS, PROMPT_TOKENS, StubUpstream, start_site
 

@@ -7,9 +7,9 @@ import urllib.request
 
 import pytest
 
-from collectors.metrics import start_metrics_server
-from collectors.simulator import simulate
-from schemas.records import GPU_SAMPLE
+from costpipe.collectors.simulator import simulate
+from costpipe.core.metrics import start_metrics_server
+from costpipe.schemas.records import GPU_SAMPLE
 from tests.integration.collectors_core.helpers import read_topic
 
 pytestmark = pytest.mark.integration

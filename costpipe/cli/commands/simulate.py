@@ -7,8 +7,8 @@ import json
 
 import typer
 
-from costpipe.commands._edges import fail
-from costpipe.settings import get_settings
+from costpipe.cli.commands._edges import fail
+from costpipe.core.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Simulate a hybrid AI fleet; print what was sent and its expected list cost."""
-        from collectors.simulator import Spike
-        from collectors.simulator import simulate as run_simulation
+        from costpipe.collectors.simulator import Spike
+        from costpipe.collectors.simulator import simulate as run_simulation
 
         if rate <= 0:
             fail("simulate", f"--rate must be > 0 (got {rate})")

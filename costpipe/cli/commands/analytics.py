@@ -29,7 +29,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _settings(lake: str | None):
-    from costpipe.settings import get_settings
+    from costpipe.core.settings import get_settings
 
     settings = get_settings()
     if lake:
@@ -56,7 +56,7 @@ def _print_table(df, limit: int = 200) -> None:
 def _run_one(con, text: str, write: bool, fmt: OutFormat, out: Path | None) -> None:
     import duckdb
 
-    from analytics import ReadOnlyError, check_read_only
+    from costpipe.analytics import ReadOnlyError, check_read_only
 
     try:
         if not write:
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         lake: str | None = typer.Option(None, "--lake", help="Lake folder/URL (else settings)"),
     ) -> None:
         """Query the lake with DuckDB (views: costs, dependency_share, cost_per_operation, ...)."""
-        import analytics
+        from costpipe import analytics
 
         con = analytics.connect(_settings(lake))
         if query is not None:
@@ -136,8 +136,8 @@ def register(app: typer.Typer) -> None:
         lake: str | None = typer.Option(None, "--lake", help="Lake folder/URL (else settings)"),
     ) -> None:
         """Compact one day into sorted Parquet (or FinOps FOCUS) files plus manifest.json."""
-        from lake.export import export_day
-        from lake.layout import open_lake
+        from costpipe.lake.export import export_day
+        from costpipe.lake.layout import open_lake
 
         try:
             day = dt.date.fromisoformat(date)
@@ -160,8 +160,8 @@ def register(app: typer.Typer) -> None:
         lake: str | None = typer.Option(None, "--lake", help="Lake folder/URL (else settings)"),
     ) -> None:
         """Write one self-contained HTML report (works offline) with the key charts."""
-        import analytics
-        from analytics.report import build
+        from costpipe import analytics
+        from costpipe.analytics.report import build
 
         settings = _settings(lake)
         html_text = build(analytics.connect(settings), settings.target_internal_share)

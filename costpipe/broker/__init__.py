@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from costpipe.kafka_config import confluent_admin
-from costpipe.settings import Settings
+from costpipe.core.kafka_clients import confluent_admin
+from costpipe.core.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-POM = Path(__file__).parent / "kafka" / "pom.xml"
+POM = Path(__file__).parent / "pom.xml"
 JVM_HEAP = "-Xmx768m"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # >= 10 MiB: one Arrow batch per message (codec caps 8 MiB)
 TOPIC_MAX_MESSAGE_BYTES = 10 * 1024 * 1024

@@ -20,7 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collectors.gpu import GpuSampler, GpuUnavailable, run  # noqa: E402
+from costpipe.collectors.gpu import GpuSampler, GpuUnavailable, run  # noqa: E402
 
 
 class PrintSink:
@@ -59,8 +59,8 @@ def main() -> None:
     sink: Any = printer
     producer = None
     if args.kafka:
-        from collectors.producer import producer_for
-        from costpipe.settings import get_settings
+        from costpipe.collectors.producer import producer_for
+        from costpipe.core.settings import get_settings
 
         producer = producer_for(get_settings(), "gpu")
         sink = Tee(printer, producer)

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         """
         if web_port is not None:
             os.environ["COSTPIPE_SERVERS__WORKER_WEB_PORT"] = str(web_port)
-        from costpipe.settings import get_settings
+        from costpipe.core.settings import get_settings
 
         settings = get_settings()
         folder = workdir or settings.state_dir / "worker"
@@ -53,11 +53,11 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 typer.secho(f"costpipe worker: metrics port {port} unavailable ({exc.strerror});"
                             " use --metrics-port", err=True, fg=typer.colors.YELLOW)
-        import streams.agents
-        from streams.app import app as faust_app
+        import costpipe.streams.agents
+        from costpipe.streams.app import app as faust_app
 
-        if importlib.util.find_spec("streams.lake_sink") is not None:
-            import streams.lake_sink  # noqa: F401
+        if importlib.util.find_spec("costpipe.streams.lake_sink") is not None:
+            import costpipe.streams.lake_sink  # noqa: F401
         faust_app.conf.datadir = str(folder)
         faust_app.main_argv = None
         faust_app.worker_init()

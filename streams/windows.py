@@ -45,10 +45,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.settings import Settings
-from schemas.records import TIMESTAMP, WINDOW_AGGREGATE
-from streams import sketch
-from streams.money import money_to_pico, pico_to_money
+from costpipe.core.money import money_to_pico, pico_to_money
+from costpipe.core.settings import Settings
+from costpipe.schemas.records import TIMESTAMP, WINDOW_AGGREGATE
+from costpipe.streams import sketch
 
 KEY_COLUMNS = ("window_start", "operation", "provider_kind", "provider", "model")
 SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cost_pico", "shadow_pico")

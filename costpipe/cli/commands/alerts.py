@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from costpipe.kafka_config import confluent_consumer
-        from costpipe.settings import get_settings
-        from schemas.codec import decode
-        from schemas.records import ALERT
+        from costpipe.core.kafka_clients import confluent_consumer
+        from costpipe.core.settings import get_settings
+        from costpipe.schemas.codec import decode
+        from costpipe.schemas.records import ALERT
 
         settings = get_settings()
         consumer = Consumer(confluent_consumer(

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from costpipe.settings import Settings
+from costpipe.core.settings import Settings
 
 if TYPE_CHECKING:
-    from collectors.simulator import SimulationSummary
+    from costpipe.collectors.simulator import SimulationSummary
 
 SHARE_SQL = """\
 SELECT operation, sum(requests) AS requests,
@@ -79,7 +79,7 @@ def _table(con: Any, title: str, sql: str, percent: set[str] | None = None) -> T
 
 def print_summary(settings: Settings, console: Console,
                   simulated: SimulationSummary | None = None) -> None:
-    import analytics
+    from costpipe import analytics
 
     con = analytics.connect(settings)
     try:
@@ -104,7 +104,7 @@ def print_summary(settings: Settings, console: Console,
 
 def reconcile(settings: Settings, simulated: SimulationSummary) -> list[str]:
     """Check the lake against what the simulator sent; returns problems (empty = exact)."""
-    import analytics
+    from costpipe import analytics
 
     con = analytics.connect(settings)
     problems: list[str] = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from costpipe.commands._edges import fail, parse_listen, start_metrics
-from costpipe.settings import get_settings
+from costpipe.cli.commands._edges import fail, parse_listen, start_metrics
+from costpipe.core.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         """Receive OTLP/HTTP traces (protobuf or JSON) and emit GenAI spans as request events."""
         from aiohttp import web
 
-        from collectors.otlp import OtlpReceiver
-        from collectors.producer import producer_for
+        from costpipe.collectors.otlp import OtlpReceiver
+        from costpipe.collectors.producer import producer_for
 
         settings = get_settings()
         host, port = parse_listen("otlp", "--listen", listen or settings.servers.otlp_listen)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from costpipe.commands._edges import fail, parse_listen, parse_url, start_metrics
-from costpipe.settings import get_settings
+from costpipe.cli.commands._edges import fail, parse_listen, parse_url, start_metrics
+from costpipe.core.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
         metrics: bool = typer.Option(True, help="Serve Prometheus counters."),
     ) -> None:
         """Forward OpenAI-compatible calls to UPSTREAM and emit one request event per call."""
-        from collectors.producer import producer_for
-        from collectors.proxy import Proxy, ProxyConfig, serve
+        from costpipe.collectors.producer import producer_for
+        from costpipe.collectors.proxy import Proxy, ProxyConfig, serve
 
         settings = get_settings()
         parse_url("proxy", "--upstream", upstream)

@@ -51,9 +51,9 @@ from bench.common import (
     start_worker,
     stop,
 )
-from collectors.heartbeat import send_watermark
-from collectors.simulator import SimulationSummary, simulate
-from costpipe.kafka_config import confluent_consumer
+from costpipe.collectors.heartbeat import send_watermark
+from costpipe.collectors.simulator import SimulationSummary, simulate
+from costpipe.core.kafka_clients import confluent_consumer
 
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|Traceback)\b")
 

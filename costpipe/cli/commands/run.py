@@ -34,9 +34,9 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from collectors.simulator import Spike
-        from costpipe.mainjob import RunOptions, run_main_job
-        from costpipe.settings import get_settings
+        from costpipe.cli.mainjob import RunOptions, run_main_job
+        from costpipe.collectors.simulator import Spike
+        from costpipe.core.settings import get_settings
 
         for text in spike:
             try:

@@ -7,8 +7,8 @@ import threading
 
 import typer
 
-from costpipe.commands._edges import fail, parse_duration, start_metrics
-from costpipe.settings import get_settings
+from costpipe.cli.commands._edges import fail, parse_duration, start_metrics
+from costpipe.core.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         metrics: bool = typer.Option(True, help="Serve Prometheus counters."),
     ) -> None:
         """Sample every GPU (and MIG instance) with NVML and send GPU samples to Kafka."""
-        from collectors.gpu import GpuSampler, GpuUnavailable, run
+        from costpipe.collectors.gpu import GpuSampler, GpuUnavailable, run
 
         seconds = parse_duration("gpu", "--interval", interval)
         settings = get_settings()  # first: a bad config is named before any NVML probing
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
             count = sampler.open()
         except GpuUnavailable as exc:
             fail("gpu", str(exc), code=3)
-        from collectors.producer import producer_for
+        from costpipe.collectors.producer import producer_for
 
         producer = producer_for(settings, "gpu")
         stop = threading.Event()

@@ -8,15 +8,15 @@ import typer
 
 # One line per command module; the order is the order in `costpipe --help`.
 COMMAND_MODULES = [
-    "costpipe.commands.run",
-    "costpipe.commands.kafka",
-    "costpipe.commands.analytics",
-    "costpipe.commands.proxy",
-    "costpipe.commands.otlp",
-    "costpipe.commands.gpu",
-    "costpipe.commands.simulate",
-    "costpipe.commands.worker",
-    "costpipe.commands.alerts",
+    "costpipe.cli.commands.run",
+    "costpipe.cli.commands.kafka",
+    "costpipe.cli.commands.analytics",
+    "costpipe.cli.commands.proxy",
+    "costpipe.cli.commands.otlp",
+    "costpipe.cli.commands.gpu",
+    "costpipe.cli.commands.simulate",
+    "costpipe.cli.commands.worker",
+    "costpipe.cli.commands.alerts",
 ]
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.settings import GpuSettings
-from streams.money import PICO, to_pico
+from costpipe.core.money import PICO, to_pico
+from costpipe.core.settings import GpuSettings
 
 MJ_PER_KWH = Decimal(3_600_000_000)
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from costpipe.settings import Settings
+from costpipe.core.settings import Settings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -57,7 +57,7 @@ def start_metrics(command: str, settings: Settings) -> None:
     Each collector command has its own default port (servers.<command>_metrics_port) so a
     proxy, an OTLP receiver, a GPU sampler and a worker can share one host; 0 turns it off.
     """
-    from collectors.metrics import start_metrics_server
+    from costpipe.core.metrics import start_metrics_server
 
     key = f"{command}_metrics_port"
     wanted = getattr(settings.servers, key, settings.servers.metrics_port)

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from costpipe.commands import register_all
-from costpipe.settings import SettingsError
+from costpipe.cli.commands import register_all
+from costpipe.core.settings import SettingsError
 
 app = typer.Typer(
     name="costpipe",

@@ -12,7 +12,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import numpy as np
 import pyarrow as pa
 
-from schemas.records import MONEY, MONEY_QUANTUM
+from costpipe.schemas.records import MONEY, MONEY_QUANTUM
 
 PICO = 10**12
 

@@ -28,10 +28,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from costpipe.kafka_config import confluent_consumer
-from costpipe.settings import Settings
-from schemas.codec import decode
-from schemas.records import ALERT, WINDOW_AGGREGATE
+from costpipe.core.kafka_clients import confluent_consumer
+from costpipe.core.settings import Settings
+from costpipe.schemas.codec import decode
+from costpipe.schemas.records import ALERT, WINDOW_AGGREGATE
 
 DRAIN_TIMEOUT_S = 180.0
 
@@ -180,7 +180,7 @@ def _stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 def _drained(settings: Settings, start: dt.datetime, end: dt.datetime) -> tuple[int, int]:
     """(requests of the run in the lake, requests of the run counted in closed windows)."""
-    import analytics
+    from costpipe import analytics
 
     con = analytics.connect(settings)
     try:
@@ -226,8 +226,8 @@ def _say(console: Console, state: LiveState, phase: str) -> None:
 
 def run_main_job(settings: Settings, options: RunOptions, console: Console) -> int:
     """The whole demo, end to end; returns the process exit code."""
-    from collectors.simulator import Spike, simulate
     from costpipe import broker
+    from costpipe.collectors.simulator import Spike, simulate
 
     spikes = [Spike.parse(text) for text in options.spikes]
     started_broker = False
@@ -254,14 +254,14 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
                 spikes=spikes, progress=progress,
             )
             state.sent_requests = summary.requests
-            from collectors.producer import close_shared
+            from costpipe.collectors.producer import close_shared
 
             close_shared()
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited (code {worker.returncode}); "
                                    f"see {worker_log}")
             _say(console, state, "closing the last windows (watermark heartbeats)")
-            from collectors.heartbeat import send_watermark
+            from costpipe.collectors.heartbeat import send_watermark
 
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
             while True:
@@ -286,12 +286,12 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
             _stop_process(worker)
             if started_broker:
                 broker.stop(settings)
-    from costpipe.summary import print_summary, reconcile
+    from costpipe.cli.summary import print_summary, reconcile
 
     print_summary(settings, console, simulated=summary)
     problems = reconcile(settings, summary)
-    import analytics
-    from analytics.report import build
+    from costpipe import analytics
+    from costpipe.analytics.report import build
 
     con = analytics.connect(settings)
     try:

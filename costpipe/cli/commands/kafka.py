@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 
 from costpipe import broker
-from costpipe.settings import get_settings
+from costpipe.core.settings import get_settings
 
 HELP = (
     "Run the local Apache Kafka 3.9.1 broker (KRaft, 127.0.0.1) or check an existing cluster."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from costpipe.settings import Settings
+from costpipe.core.settings import Settings
 
 
 def confluent_common(settings: Settings) -> dict[str, Any]:

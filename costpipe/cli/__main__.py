@@ -1,0 +1,5 @@
+"""`python -m costpipe.cli`: the same as the `costpipe` command."""
+
+from costpipe.cli import main
+
+main()

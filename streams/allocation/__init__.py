@@ -1,0 +1,2 @@
+"""GPU cost allocation: the rule (`rule`) and the stateful allocator that applies it
+(`allocator`)."""
