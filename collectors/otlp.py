@@ -220,12 +220,41 @@ def _coerce(name: str, value: Any) -> Any:
         if name in INT_FIELDS:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
-            return int(value)
+            number = int(value)
+            if not -(2**63) <= number < 2**63:
+                raise ValueError(f"attribute for {name} must fit in 64 bits, got "
+                                 f"{str(value)[:40]}")
+            return number
         if name in FLOAT_FIELDS:
             return float(value)
-    except (TypeError, ValueError):
+    except OverflowError:  # int(inf)
+        raise ValueError(f"attribute for {name} must be a finite number, got {value!r}") \
+            from None
+    except ValueError as exc:
+        if "64 bits" in str(exc):
+            raise
+        raise ValueError(f"attribute for {name} must be a number, got {str(value)[:40]!r}") \
+            from None
+    except TypeError:
         raise ValueError(f"attribute for {name} must be a number, got {value!r}") from None
     return value if isinstance(value, str) else str(value)
+
+
+def _buildable(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows Arrow can hold, and a reason for each one it cannot (one bad span must not
+    cost the others: the export is answered with a partial success)."""
+    try:
+        pa.RecordBatch.from_pylist(rows, schema=_RELAXED)
+        return rows, []
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        good, reasons = [], []
+        for row in rows:
+            try:
+                pa.RecordBatch.from_pylist([row], schema=_RELAXED)
+                good.append(row)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                reasons.append(f"span {row.get('request_id')}: {exc}")
+        return good, reasons
 
 
 class OtlpReceiver:
@@ -268,6 +297,9 @@ class OtlpReceiver:
         """Convert, validate as a batch, hand valid rows to the sink; return rejections."""
         rows, reasons, received, ignored = self.converter.convert(message)
         rejected = len(reasons)
+        rows, unbuildable = _buildable(rows)
+        rejected += len(unbuildable)
+        reasons += unbuildable
         if rows:
             batch = pa.RecordBatch.from_pylist(rows, schema=_RELAXED)
             valid, rejections = validate(batch, REQUEST_EVENT)

@@ -1,15 +1,13 @@
-"""Contracts shared by every stage: Arrow schemas per topic and the envelope codec."""
+"""Contracts shared by every stage: Arrow schemas per topic, the envelope protocol (headers)
+and the codec."""
 
-from costpipe.schemas.codec import (
+from costpipe.core.money import MONEY
+from costpipe.schemas.codec import Decoded, Rejection, decode, encode_arrow, encode_json
+from costpipe.schemas.envelope import (
     ARROW,
     ENCODING_HEADER,
     JSON,
     RECORD_HEADER,
-    Decoded,
-    Rejection,
-    decode,
-    encode_arrow,
-    encode_json,
     header_value,
     headers_for,
 )
@@ -19,7 +17,6 @@ from costpipe.schemas.records import (
     COST_RECORD,
     DEAD_LETTER,
     GPU_SAMPLE,
-    MONEY,
     REQUEST_EVENT,
     WINDOW_AGGREGATE,
 )

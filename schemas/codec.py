@@ -10,40 +10,41 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from costpipe.core.money import MONEY_QUANTUM
+from costpipe.core.settings import IngestSettings
+from costpipe.schemas.envelope import ARROW, ENCODING_HEADER, JSON, Headers, header_value
 from costpipe.schemas.records import (
     MAX_TOKENS,
-    MONEY_QUANTUM,
     PROVIDER_KINDS,
     REQUEST_EVENT,
     STATUSES,
 )
 
-ENCODING_HEADER: Final = "costpipe-encoding"
-RECORD_HEADER: Final = "costpipe-record"
-# Heartbeats: empty envelopes whose watermark header says "event time has reached this (µs)".
-WATERMARK_HEADER: Final = "costpipe-watermark"
-HEARTBEAT_RECORD: Final = "heartbeat"
-ARROW: Final = "arrow"
-JSON: Final = "json"
-MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
-
 TOKEN_FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+ARROW_EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of an IPC stream
 JSON_DEFAULTS: Final[dict[str, Any]] = {
     "cache_read_tokens": 0,
     "cache_write_tokens": 0,
     "status": "ok",
 }
-MAX_EVENT_AGE: Final = dt.timedelta(days=400)
-MAX_EVENT_FUTURE: Final = dt.timedelta(hours=1)
+# Which float fields hold what; every float must be finite (a NaN or an infinity in a latency
+# or a GPU reading would poison sums, quantiles and allocations downstream).
+NON_NEGATIVE: Final = ("latency_ms", "ttft_ms", "power_w", "memory_used_bytes",
+                       "memory_total_bytes", "energy_mj")
+PERCENT: Final = ("utilization_pct",)
+FRACTION: Final = ("gpu_fraction",)
+POSITIVE: Final = ("interval_s",)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,13 @@ class Rejection:
     def __str__(self) -> str:
         if self.field is None:
             return self.reason
-        return f"field {self.field!r}: value {self.value!r} {self.reason}"
+        return f"field {self.field!r}: value {_short(self.value)} {self.reason}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as shown in a reason or a log line: never the whole of a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass
@@ -106,7 +113,7 @@ def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def encode_envelopes(data: pa.RecordBatch | pa.Table, max_rows: int,
-                     max_bytes: int = MAX_MESSAGE_BYTES) -> Iterator[tuple[bytes, int]]:
+                     max_bytes: int) -> Iterator[tuple[bytes, int]]:
     """(payload, rows) per envelope: at most max_rows rows, and halved until under max_bytes.
 
     Why both bounds: rows keep per-message work predictable, bytes keep every message under
@@ -144,21 +151,6 @@ def encode_json(event: Mapping[str, Any]) -> bytes:
     return json.dumps(event, default=_json_default, separators=(",", ":")).encode()
 
 
-def headers_for(encoding: str, record: str) -> list[tuple[str, bytes]]:
-    return [(ENCODING_HEADER, encoding.encode()), (RECORD_HEADER, record.encode())]
-
-
-def header_value(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, Any] | None,
-                 name: str) -> str | None:
-    """Header lookup that accepts confluent-kafka lists and aiokafka/Faust tuples or dicts."""
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for key, value in items:
-        key_text = key.decode() if isinstance(key, bytes) else key
-        if key_text == name and value is not None:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return None
 
 
 # ---------------------------------------------------------------- decoding
@@ -166,13 +158,18 @@ def header_value(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, Any]
 
 def decode(
     value: bytes | None,
-    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, Any] | None,
+    headers: Headers,
     schema: pa.Schema = REQUEST_EVENT,
     *,
     now: dt.datetime | None = None,
     trusted: bool = False,
+    max_bytes: int | None = None,
+    ingest: IngestSettings | None = None,
 ) -> Decoded:
     """Decode one Kafka message into valid rows plus rejections. Never raises.
+
+    `max_bytes`: refuse a larger message (the worker passes `kafka.max_message_bytes`);
+    `ingest`: the value rules' limits (string length, clock skew, age).
 
     `trusted`: the topic is written only by costpipe's own agents, which conform every batch
     to the schema before sending; an Arrow batch whose schema matches exactly then skips the
@@ -182,15 +179,17 @@ def decode(
     encoding = header_value(headers, ENCODING_HEADER) or _sniff(value)
     if value is None or len(value) == 0:
         return Decoded(empty[0], [Rejection("empty message")], encoding)
-    if len(value) > MAX_MESSAGE_BYTES:
+    if max_bytes is not None and len(value) > max_bytes:
         return Decoded(
             empty[0],
-            [Rejection(f"message of {len(value)} bytes exceeds {MAX_MESSAGE_BYTES} bytes")],
+            [Rejection(f"message of {len(value)} bytes exceeds kafka.max_message_bytes "
+                       f"({max_bytes})")],
             encoding,
         )
+    pre_bad: pa.Array | None = None
     try:
         if encoding == ARROW:
-            batch, problems = _decode_arrow(value, schema)
+            batch, problems, pre_bad = _decode_arrow(value, schema)
         elif encoding == JSON:
             batch, problems = _decode_json(value, schema)
         else:
@@ -202,12 +201,12 @@ def decode(
             )
     except Exception as exc:  # a decoder must never take the stream loop down
         return Decoded(empty[0], [Rejection(f"undecodable {encoding} message: {exc}")], encoding)
-    if problems:
+    if problems and pre_bad is None:
         return Decoded(empty[0], problems, encoding)
-    if trusted and batch.schema.equals(schema):
+    if trusted and not problems and batch.schema.equals(schema):
         return Decoded(batch, [], encoding)
-    valid, rejections = validate(batch, schema, now=now)
-    return Decoded(valid, rejections, encoding)
+    valid, rejections = validate(batch, schema, now=now, ingest=ingest, pre_bad=pre_bad)
+    return Decoded(valid, problems + rejections, encoding)
 
 
 def _sniff(value: bytes | None) -> str:
@@ -216,36 +215,74 @@ def _sniff(value: bytes | None) -> str:
     return ARROW
 
 
-def _decode_arrow(value: bytes, schema: pa.Schema) -> tuple[pa.RecordBatch, list[Rejection]]:
+def _decode_arrow(value: bytes, schema: pa.Schema
+                  ) -> tuple[pa.RecordBatch, list[Rejection], pa.Array | None]:
+    """(rows, rejections, rows already refused while casting) of one Arrow envelope.
+
+    A column of another type is cast row by row where that is exact: only the rows that cannot
+    be represented (a float token count of 1e30, a string that is not a number) are refused,
+    the rest of the envelope is kept.
+    """
+    if not value.endswith(ARROW_EOS):
+        return _empty(schema), [Rejection("truncated Arrow stream: no end-of-stream marker")], None
     reader = pa.ipc.open_stream(pa.py_buffer(value))
     relaxed = _relaxed(schema)
     if reader.schema.equals(relaxed) or reader.schema.equals(schema):
         batches = list(reader)  # the common case: our own producer, nothing to reshape
         if len(batches) == 1:
-            return batches[0], []
+            return batches[0], [], None
         table = pa.Table.from_batches(batches, schema=reader.schema)
     else:
         table = reader.read_all()
     columns = []
+    problems: list[Rejection] = []
+    bad = np.zeros(table.num_rows, dtype=bool)
     for target in schema:
         if target.name not in table.column_names:
             if not target.nullable:
-                return table, [Rejection("is required but missing", target.name, None)]
+                return table, [Rejection("is required but missing", target.name, None)], None
             columns.append(pa.nulls(table.num_rows, target.type))
             continue
         column = table.column(target.name)
         if not column.type.equals(target.type):
-            try:
-                column = column.cast(target.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return table, [
-                    Rejection(f"has type {column.type}, expected {target.type}", target.name,
-                              str(column.type))
-                ]
+            column, refused = _cast_rows(column, target.type)
+            for row in np.flatnonzero(refused).tolist():
+                original = table.column(target.name)[row].as_py()
+                problems.append(Rejection(f"cannot be represented as {target.type}",
+                                          target.name, original, row))
+            bad |= refused
         columns.append(column)
     combined = pa.Table.from_arrays(columns, schema=relaxed).combine_chunks()
     batches = combined.to_batches()
-    return (batches[0] if batches else _empty(relaxed)), []
+    batch = batches[0] if batches else _empty(relaxed)
+    return batch, problems, (pa.array(bad) if bad.any() else None)
+
+
+def _cast_rows(column: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """`column` as `target`; rows that cannot be cast exactly become null and are marked."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    try:
+        return column.cast(target), np.zeros(len(column), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    if pa.types.is_integer(target) and (pa.types.is_floating(column.type)
+                                        or pa.types.is_integer(column.type)):
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            exact = np.isfinite(values) & (values == np.floor(values)) \
+                & (np.abs(values) < 2.0**63)
+        refused = ~exact & np.asarray(column.is_valid(), dtype=bool)
+        kept = pc.if_else(pa.array(exact), column, pa.scalar(None, column.type))
+        return kept.cast(target, safe=False), refused
+    out: list[Any] = []  # rare: any other pair of types, one row at a time (a bad envelope)
+    refused = np.zeros(len(column), dtype=bool)
+    for row in range(len(column)):
+        try:
+            out.append(column.slice(row, 1).cast(target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            out.append(None)
+            refused[row] = True
+    return pa.array(out, type=target), refused
 
 
 @lru_cache(maxsize=64)
@@ -300,7 +337,10 @@ def _coerce_json(raw: Any, type_: pa.DataType) -> Any:
     if pa.types.is_floating(type_):
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise TypeError("a number")
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("a finite number")
+        return value
     if pa.types.is_decimal(type_):
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             raise TypeError("a decimal string such as \"0.0012\"")
@@ -334,22 +374,26 @@ def _parse_timestamp(raw: Any) -> dt.datetime:
 
 
 def validate(
-    batch: pa.RecordBatch, schema: pa.Schema, *, now: dt.datetime | None = None
+    batch: pa.RecordBatch, schema: pa.Schema, *, now: dt.datetime | None = None,
+    ingest: IngestSettings | None = None, pre_bad: pa.Array | None = None,
 ) -> tuple[pa.RecordBatch, list[Rejection]]:
     """Split a batch into valid rows and per-row rejections.
 
     A cheap whole-column scan (null counts, min/max, distinct values) clears a clean batch in
     a handful of Arrow calls; only a batch that fails it pays for the row-level pass.
+    `pre_bad` marks rows already refused (and reported) while decoding.
     """
-    rules = _rules(batch, schema, now or dt.datetime.now(dt.UTC))
-    suspects = [rule for rule in rules if rule.may_fail(batch.column(rule.name))]
-    if not suspects:
+    rules = _rules(schema, now or dt.datetime.now(dt.UTC), ingest or IngestSettings())
+    suspects = [rule for rule in rules if rule.may_fail(batch)]
+    if not suspects and pre_bad is None:
         return batch.cast(schema), []
-    bad = pa.array([False] * batch.num_rows)
+    bad = pre_bad if pre_bad is not None else pa.array(np.zeros(batch.num_rows, dtype=bool))
     rejections: list[Rejection] = []
     for rule in suspects:
         column = batch.column(rule.name)
-        violates = pc.fill_null(rule.violates(column), False)
+        violates = pc.fill_null(rule.violates(batch), False)
+        if pre_bad is not None:  # those rows were reported while decoding
+            violates = pc.and_(violates, pc.invert(pre_bad))
         for index in pc.indices_nonzero(violates).to_pylist():
             rejections.append(Rejection(rule.text, rule.name, column[index].as_py(), index))
         bad = pc.or_(bad, violates)
@@ -358,10 +402,12 @@ def validate(
 
 @dataclass(frozen=True)
 class _Rule:
-    name: str
+    """One value rule: a cheap whole-batch test, then the rows that break it."""
+
+    name: str  # the field reported
     text: str
-    may_fail: Callable[[pa.Array], bool]
-    violates: Callable[[pa.Array], pa.Array]
+    may_fail: Callable[[pa.RecordBatch], bool]
+    violates: Callable[[pa.RecordBatch], pa.Array]
 
 
 def _min_max(column: pa.Array) -> tuple[Any, Any]:
@@ -369,54 +415,107 @@ def _min_max(column: pa.Array) -> tuple[Any, Any]:
     return result["min"].as_py(), result["max"].as_py()
 
 
-def _outside_token_range(column: pa.Array) -> bool:
-    low, high = _min_max(column)
-    return (low or 0) < 0 or (high or 0) > MAX_TOKENS
+def _column_rule(name: str, text: str, may_fail: Callable[[pa.Array], bool],
+                 violates: Callable[[pa.Array], pa.Array]) -> _Rule:
+    return _Rule(name, text, lambda b: may_fail(b.column(name)),
+                 lambda b: violates(b.column(name)))
 
 
-def _rules(batch: pa.RecordBatch, schema: pa.Schema, now: dt.datetime) -> list[_Rule]:
+def _outside(low: float | None, high: float | None, *, strict_low: bool = False
+             ) -> tuple[Callable[[pa.Array], bool], Callable[[pa.Array], pa.Array]]:
+    """(cheap test, row mask) for a number outside [low, high] or not finite."""
+    def row_mask(c: pa.Array) -> pa.Array:
+        out = pc.invert(pc.is_finite(c)) if pa.types.is_floating(c.type) \
+            else pa.array(np.zeros(len(c), dtype=bool))
+        if low is not None:
+            out = pc.or_(out, pc.less_equal(c, low) if strict_low else pc.less(c, low))
+        if high is not None:
+            out = pc.or_(out, pc.greater(c, high))
+        return out
+
+    def may_fail(c: pa.Array) -> bool:
+        if c.null_count == len(c):
+            return False
+        if pa.types.is_floating(c.type) and not pc.all(
+                pc.fill_null(pc.is_finite(c), True)).as_py():
+            return True
+        lo, hi = _min_max(c)
+        return ((low is not None and lo is not None and (lo <= low if strict_low else lo < low))
+                or (high is not None and hi is not None and hi > high))
+    return may_fail, row_mask
+
+
+def _cache_exceeds_input(batch: pa.RecordBatch) -> pa.Array:
+    cached = pc.add(pc.fill_null(batch.column("cache_read_tokens"), 0),
+                    pc.fill_null(batch.column("cache_write_tokens"), 0))
+    return pc.greater(cached, pc.fill_null(batch.column("input_tokens"), 0))
+
+
+def _rules(schema: pa.Schema, now: dt.datetime, ingest: IngestSettings) -> list[_Rule]:
     rules: list[_Rule] = []
     names = set(schema.names)
+    record = (schema.metadata or {}).get(b"costpipe.record")
+    external = record in (b"request_event", b"gpu_sample")  # what collectors and others send
     for target in schema:
         if not target.nullable:
-            rules.append(_Rule(target.name, "is required but missing",
-                               lambda c: c.null_count > 0, pc.is_null))
+            rules.append(_column_rule(target.name, "is required but missing",
+                                      lambda c: c.null_count > 0, pc.is_null))
             if pa.types.is_string(target.type):
-                rules.append(_Rule(target.name, "must not be empty",
-                                   lambda c: _min_max(c)[0] == "",
-                                   lambda c: pc.equal(c, "")))
+                rules.append(_column_rule(target.name, "must not be empty",
+                                          lambda c: _min_max(c)[0] == "",
+                                          lambda c: pc.equal(c, "")))
+        if external and pa.types.is_string(target.type):
+            limit = ingest.max_string_bytes
+            rules.append(_column_rule(
+                target.name, f"is longer than {limit} bytes",
+                lambda c, limit=limit: (pc.max(pc.binary_length(c)).as_py() or 0) > limit,
+                lambda c, limit=limit: pc.greater(pc.binary_length(c), limit)))
     for name in TOKEN_FIELDS:
         if name in names:
-            rules.append(_Rule(name, f"must be between 0 and {MAX_TOKENS}",
-                               _outside_token_range,
-                               lambda c: pc.or_(pc.less(c, 0), pc.greater(c, MAX_TOKENS))))
-    for name in ("latency_ms", "ttft_ms"):
-        if name in names:
-            rules.append(_Rule(
-                name, "must be a number >= 0",
-                lambda c: c.null_count < len(c)
-                and (pc.any(pc.is_nan(c)).as_py() or (_min_max(c)[0] or 0) < 0),
-                lambda c: pc.or_(pc.less(c, 0), pc.is_nan(c)),
-            ))
+            rules.append(_column_rule(name, f"must be between 0 and {MAX_TOKENS}",
+                                      *_outside(0, MAX_TOKENS)))
+    if {"input_tokens", "cache_read_tokens", "cache_write_tokens"} <= names:
+        rules.append(_Rule("cache_read_tokens",
+                           "plus cache_write_tokens must not exceed input_tokens (input "
+                           "counts the whole prompt, cached tokens included)",
+                           lambda b: pc.any(_cache_exceeds_input(b)).as_py() is True,
+                           _cache_exceeds_input))
+    for name in (n for n in NON_NEGATIVE if n in names):
+        rules.append(_column_rule(name, "must be a finite number >= 0", *_outside(0, None)))
+    for name in (n for n in PERCENT if n in names):
+        rules.append(_column_rule(name, "must be a finite number from 0 to 100",
+                                  *_outside(0, 100)))
+    for name in (n for n in FRACTION if n in names):
+        rules.append(_column_rule(name, "must be a finite number from 0 to 1", *_outside(0, 1)))
+    for name in (n for n in POSITIVE if n in names):
+        rules.append(_column_rule(name, "must be a finite number > 0",
+                                  *_outside(0, None, strict_low=True)))
+    for target in schema:  # any other float must at least be finite
+        covered = NON_NEGATIVE + PERCENT + FRACTION + POSITIVE
+        if pa.types.is_floating(target.type) and target.name not in covered:
+            rules.append(_column_rule(target.name, "must be a finite number",
+                                      *_outside(None, None)))
     for name, allowed in (("provider_kind", PROVIDER_KINDS), ("status", STATUSES)):
         if name in names:
-            rules.append(_Rule(
+            rules.append(_column_rule(
                 name, f"must be one of {', '.join(allowed)}",
                 lambda c, allowed=allowed: not set(pc.unique(c).drop_null().to_pylist())
                 <= set(allowed),
                 lambda c, allowed=allowed: _not_in(c, allowed),
             ))
-    record = (schema.metadata or {}).get(b"costpipe.record")
-    if "timestamp" in names and record in (b"request_event", b"gpu_sample"):
-        earliest, latest = now - MAX_EVENT_AGE, now + MAX_EVENT_FUTURE
-        rules.append(_Rule(
-            "timestamp", f"is older than {MAX_EVENT_AGE.days} days",
+    if "timestamp" in names and external:
+        age = dt.timedelta(days=ingest.max_age_days)
+        ahead = dt.timedelta(seconds=ingest.max_future_seconds)
+        earliest, latest = now - age, now + ahead
+        rules.append(_column_rule(
+            "timestamp", f"is older than {ingest.max_age_days} days (ingest.max_age_days)",
             lambda c: c.null_count < len(c) and _min_max(c)[0] < earliest,
             lambda c: pc.less(c, pa.scalar(earliest, type=c.type)),
         ))
-        rules.append(_Rule(
+        rules.append(_column_rule(
             "timestamp",
-            f"is more than {int(MAX_EVENT_FUTURE.total_seconds() // 3600)} h in the future",
+            f"is more than {ingest.max_future_seconds} s ahead of the worker's clock (a "
+            "skewed clock on the sending host? ingest.max_future_seconds)",
             lambda c: c.null_count < len(c) and _min_max(c)[1] > latest,
             lambda c: pc.greater(c, pa.scalar(latest, type=c.type)),
         ))

@@ -2,7 +2,7 @@
 
 Why generated: `schemas/records.py` is the one source of truth; the checked-in
 `schemas/jsonschema/<record>.v<N>.json` files are derived from it, and a test fails when they
-drift. Regenerate with `python -m schemas.jsonschema_gen`.
+drift. Regenerate with `python -m costpipe.schemas.jsonschema_gen`.
 
 Mapping (what the JSON codec accepts): money as decimal strings, timestamps as ISO 8601
 date-time strings, binary as hex, required = non-nullable fields that the codec does not
@@ -18,11 +18,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from costpipe.schemas.codec import JSON_DEFAULTS, TOKEN_FIELDS
+from costpipe.core.settings import IngestSettings
+from costpipe.schemas.codec import (
+    FRACTION,
+    JSON_DEFAULTS,
+    NON_NEGATIVE,
+    PERCENT,
+    POSITIVE,
+    TOKEN_FIELDS,
+)
 from costpipe.schemas.records import ALL_SCHEMAS, MAX_TOKENS, PROVIDER_KINDS, STATUSES
 
 OUT_DIR = Path(__file__).parent / "jsonschema"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
+BOUNDED_RECORDS = ("request_event", "gpu_sample")
 ENUMS: dict[str, tuple[str, ...]] = {"provider_kind": PROVIDER_KINDS, "status": STATUSES}
 INT_RANGES = {
     pa.int32(): (-(2**31), 2**31 - 1),
@@ -35,21 +44,34 @@ def _decimal_pattern(type_: pa.Decimal128Type) -> str:
     return rf"^-?[0-9]{{1,{whole}}}(\.[0-9]{{1,{type_.scale}}})?$"
 
 
-def _type_schema(field: pa.Field) -> dict[str, Any]:
+def _type_schema(field: pa.Field, record: str) -> dict[str, Any]:
     type_ = field.type
     if field.name in ENUMS:
         return {"type": "string", "enum": list(ENUMS[field.name])}
     if pa.types.is_string(type_):
-        return {"type": "string", "minLength": 1} if not field.nullable else {"type": "string"}
+        out: dict[str, Any] = {"type": "string"}
+        if record in BOUNDED_RECORDS:  # what collectors and third parties send
+            out["maxLength"] = IngestSettings().max_string_bytes
+        if not field.nullable:
+            out["minLength"] = 1
+        return out
     if pa.types.is_integer(type_):
         low, high = INT_RANGES.get(type_, (None, None))
         if field.name in TOKEN_FIELDS:
             low, high = 0, MAX_TOKENS
+        elif field.name in NON_NEGATIVE:
+            low = 0
         return {"type": "integer", "minimum": low, "maximum": high}
     if pa.types.is_floating(type_):
-        out: dict[str, Any] = {"type": "number"}
-        if field.name in ("latency_ms", "ttft_ms"):
+        out = {"type": "number"}  # finite: JSON has no NaN or Infinity
+        if field.name in NON_NEGATIVE:
             out["minimum"] = 0
+        elif field.name in PERCENT:
+            out.update(minimum=0, maximum=100)
+        elif field.name in FRACTION:
+            out.update(minimum=0, maximum=1)
+        elif field.name in POSITIVE:
+            out["exclusiveMinimum"] = 0
         return out
     if pa.types.is_decimal(type_):
         return {
@@ -64,9 +86,9 @@ def _type_schema(field: pa.Field) -> dict[str, Any]:
     raise TypeError(f"no JSON Schema mapping for Arrow type {type_} (field {field.name})")
 
 
-def _property(field: pa.Field) -> dict[str, Any]:
+def _property(field: pa.Field, record: str) -> dict[str, Any]:
     meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-    prop = _type_schema(field)
+    prop = _type_schema(field, record)
     suffix = prop.pop("description_suffix", "")
     doc = meta.get("doc", "")
     description = "; ".join(part for part in (doc, suffix) if part)
@@ -95,10 +117,10 @@ def json_schema(record: str, schema: pa.Schema) -> dict[str, Any]:
         "description": (
             f"One {record} event as a JSON object (one per Kafka message, header "
             "costpipe-encoding=json). Generated from schemas/records.py by "
-            "`python -m schemas.jsonschema_gen`; do not edit. Unknown keys are ignored."
+            "`python -m costpipe.schemas.jsonschema_gen`; do not edit. Unknown keys are ignored."
         ),
         "type": "object",
-        "properties": {field.name: _property(field) for field in schema},
+        "properties": {field.name: _property(field, record) for field in schema},
         "required": required,
     }
 

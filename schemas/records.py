@@ -10,13 +10,12 @@ total reconciles with the per-request ledger to the nano-dollar.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Final
 
 import pyarrow as pa
 
-MONEY: Final = pa.decimal128(38, 12)
-MONEY_QUANTUM: Final = Decimal("0.000000000001")
+from costpipe.core.money import MONEY
+
 TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
 
 PROVIDER_KINDS: Final = ("internal", "external")
@@ -59,12 +58,15 @@ REQUEST_EVENT: Final = _schema(
                doc="internal | external; filled from settings when absent"),
         _field("model", pa.string(), nullable=False, otel="gen_ai.request.model"),
         _field("response_model", pa.string(), otel="gen_ai.response.model"),
-        _field("input_tokens", pa.int64(), nullable=False, otel="gen_ai.usage.input_tokens"),
+        _field("input_tokens", pa.int64(), nullable=False, otel="gen_ai.usage.input_tokens",
+               doc="The whole prompt, cached tokens included"),
         _field("output_tokens", pa.int64(), nullable=False, otel="gen_ai.usage.output_tokens"),
         _field("cache_read_tokens", pa.int64(), nullable=False,
-               otel="gen_ai.usage.cache_read.input_tokens"),
+               otel="gen_ai.usage.cache_read.input_tokens",
+               doc="Part of input_tokens (cache_read + cache_write <= input_tokens)"),
         _field("cache_write_tokens", pa.int64(), nullable=False,
-               otel="gen_ai.usage.cache_creation.input_tokens"),
+               otel="gen_ai.usage.cache_creation.input_tokens",
+               doc="Part of input_tokens (cache_read + cache_write <= input_tokens)"),
         _field("latency_ms", pa.float64(), doc="Wall time of the call"),
         _field("ttft_ms", pa.float64(), doc="Time to first token (streaming)"),
         _field("status", pa.string(), nullable=False, doc="ok | error"),
@@ -96,6 +98,9 @@ GPU_SAMPLE: Final = _schema(
                doc="Total energy counter since driver load, millijoules"),
         _field("temperature_c", pa.float64(), otel="hw.temperature"),
         _field("interval_s", pa.float64(), nullable=False, doc="Sampling interval"),
+        _field("gpu_fraction", pa.float64(),
+               doc="Share of a physical GPU this row stands for (MIG instance: its memory "
+                   "share; the MIG parent: the unpartitioned rest); null = the whole GPU"),
     ],
 )
 
@@ -152,8 +157,9 @@ WINDOW_AGGREGATE: Final = _schema(
         _field("latency_p95_ms", pa.float64()),
         _field("latency_p99_ms", pa.float64()),
         _field("external_share_cost", pa.float64(),
-               doc="Live dependency share of the whole window (all keys), by cost"),
-        _field("external_share_requests", pa.float64()),
+               doc="Null since 2026-12-01: a window's keys are merged on several partitions; "
+                   "its share over all keys is in the window_share view"),
+        _field("external_share_requests", pa.float64(), doc="Null since 2026-12-01"),
         _field("revision", pa.int32(),
                doc="0 = on-time close; 1.. = late delta rows (sum all rows of a window)"),
     ],
@@ -164,7 +170,9 @@ ALERT: Final = _schema(
     1,
     [
         _field("alert_id", pa.string(), nullable=False, doc="Deterministic: rule + key + window"),
-        _field("timestamp", TIMESTAMP, nullable=False, doc="When the alert fired"),
+        _field("timestamp", TIMESTAMP, nullable=False,
+               doc="When the alert fired, in event time: the end of the window that fired it "
+                   "(the same for an alert re-emitted after a crash)"),
         _field("rule", pa.string(), nullable=False,
                doc="spike | budget_hour | budget_day | dependency_share"),
         _field("severity", pa.string(), nullable=False, doc="warning | critical"),

@@ -12,10 +12,12 @@ from typing import Any
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from costpipe.schemas.codec import MAX_EVENT_AGE, TOKEN_FIELDS
+from costpipe.core.settings import IngestSettings
+from costpipe.schemas.codec import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, TOKEN_FIELDS
 from costpipe.schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+MAX_EVENT_AGE = dt.timedelta(days=IngestSettings().max_age_days)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
 
 
@@ -28,8 +30,16 @@ def value(field: pa.Field) -> st.SearchStrategy[Any]:
         return st.sampled_from(STATUSES)
     if name in TOKEN_FIELDS:
         return st.integers(0, MAX_TOKENS)
-    if name in ("latency_ms", "ttft_ms"):
+    if name in NON_NEGATIVE:
+        if pa.types.is_integer(type_):
+            return st.integers(0, 2**62)
         return st.floats(0, 1e7, allow_nan=False)
+    if name in PERCENT:
+        return st.floats(0, 100, allow_nan=False)
+    if name in FRACTION:
+        return st.floats(0, 1, allow_nan=False)
+    if name in POSITIVE:
+        return st.floats(0.001, 3600, allow_nan=False)
     if pa.types.is_string(type_):
         return TEXT.filter(bool) if not field.nullable else TEXT
     if pa.types.is_int32(type_):
@@ -57,4 +67,15 @@ def rows(schema: pa.Schema) -> st.SearchStrategy[dict[str, Any]]:
         field.name: (st.none() | value(field)) if field.nullable else value(field)
         for field in schema
     }
-    return st.fixed_dictionaries(parts)
+    drawn = st.fixed_dictionaries(parts)
+    if "cache_read_tokens" not in schema.names:
+        return drawn
+    return drawn.map(_consistent_tokens)
+
+
+def _consistent_tokens(row: dict[str, Any]) -> dict[str, Any]:
+    """Cached tokens are part of the prompt: cache_read + cache_write <= input."""
+    total = row["input_tokens"]
+    row["cache_read_tokens"] = min(row["cache_read_tokens"], total)
+    row["cache_write_tokens"] = min(row["cache_write_tokens"], total - row["cache_read_tokens"])
+    return row

@@ -26,9 +26,10 @@ def _validator(record: str) -> Draft202012Validator:
 def test_checked_in_files_are_up_to_date() -> None:
     expected = generate()
     on_disk = {p.name: p.read_text(encoding="utf-8") for p in OUT_DIR.glob("*.json")}
-    assert sorted(on_disk) == sorted(expected), "run `python -m schemas.jsonschema_gen`"
+    assert sorted(on_disk) == sorted(expected), "run `python -m costpipe.schemas.jsonschema_gen`"
     for name, text in expected.items():
-        assert on_disk[name] == text, f"{name} is stale: run `python -m schemas.jsonschema_gen`"
+        assert on_disk[name] == text, \
+            f"{name} is stale: run `python -m costpipe.schemas.jsonschema_gen`"
 
 
 def test_request_event_schema_shape() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pyarrow as pa
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -129,3 +130,22 @@ def test_garbage_and_wrong_content_type_and_auth() -> None:
 def test_empty_export_is_fine() -> None:
     status, _, rows = post(ExportTraceServiceRequest().SerializeToString(), PROTO)
     assert status == 200 and rows == []
+
+
+def test_one_bad_span_never_costs_the_others() -> None:
+    """Token attributes beyond 64 bits, non-finite numbers and inconsistent counts are
+    rejected span by span with an OTLP partial success; the good spans of the same export
+    are kept (an exporter does not retry a 500)."""
+    huge_double = {**GENAI, "gen_ai.usage.input_tokens": 1e300}
+    huge_text = {**GENAI, "gen_ai.usage.output_tokens": "1" * 41}
+    infinite = {**GENAI, "gen_ai.usage.input_tokens": float("inf")}
+    cached = {**GENAI, "gen_ai.usage.cache_read.input_tokens": 10_000}
+    long_model = {**GENAI, "gen_ai.request.model": "m" * 10_000}
+    message = export_request([span(GENAI), span(huge_double), span(huge_text), span(infinite),
+                              span(cached), span(long_model), span(GENAI)])
+    for body, headers in ((message.SerializeToString(), PROTO), (otlp_json(message), JSON)):
+        status, payload, rows = post(body, headers)
+        assert status == 200 and len(rows) == 2
+        reply = (ExportTraceServiceResponse.FromString(payload) if headers is PROTO else
+                 json_format.Parse(payload, ExportTraceServiceResponse()))
+        assert reply.partial_success.rejected_spans == 5
