@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from costpipe.core import limits
 from costpipe.core.settings import Settings
 
 
@@ -32,7 +33,7 @@ def confluent_common(settings: Settings) -> dict[str, Any]:
 
 
 def confluent_producer(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Idempotent, compressed, batching producer (see DESIGN: batch on the wire)."""
+    """Idempotent, compressed, batching producer (docs/decisions/2026-11-25-arrow-envelopes.md)."""
     config = confluent_common(settings)
     config.update(
         {
@@ -40,7 +41,7 @@ def confluent_producer(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "acks": "all",
             "compression.type": settings.kafka.compression,
             "linger.ms": settings.kafka.linger_ms,
-            "message.max.bytes": 10 * 1024 * 1024,
+            "message.max.bytes": limits.request_bytes(settings.kafka),
         }
     )
     config.update(overrides)

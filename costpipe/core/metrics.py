@@ -106,9 +106,39 @@ REWINDS = _counter(
     "faust-streaming workaround, docs/decisions/2026-11-28-faust-workarounds.md)",
 )
 ALERTS = _counter("costpipe_alerts", "Alerts fired", ("rule",), "worker")
+LAKE_LOCATIONS = _gauge(
+    "costpipe_lake_locations",
+    "Distinct lake locations the live workers of this group write to (1 is right)", (),
+    "worker",
+    "Distinct lake locations the live workers of this group write to: 1 is right; more means "
+    "the lake is split (a multi-host group needs one shared location such as s3://), which "
+    "the worker and `costpipe kafka status` also say in one line",
+)
+WORKER_RESTARTS = _counter(
+    "costpipe_worker_restarts", "Times this worker restarted itself", ("reason",), "worker",
+    "Times this worker restarted itself (`reason` = `stall`: it read nothing for "
+    "`servers.worker_stall_seconds` while messages waited, or stayed that long in a rebalance; "
+    "counted by the restarted process)",
+)
+WORKER_PROGRESS_AGE = _gauge(
+    "costpipe_worker_progress_age_seconds",
+    "Seconds since this worker last read a message from a partition where messages wait",
+    (), "worker",
+    "Seconds since this worker last read a message from an owned partition where messages wait "
+    "(0 when nothing waits); the watchdog restarts the worker past "
+    "`servers.worker_stall_seconds`",
+)
 COST_RECORDS = _counter(
     "costpipe_cost_records", "Cost records emitted", ("record_type",), "worker",
     "Cost records produced (`request`, `idle`, `correction`)",
+)
+DUPLICATE_REQUESTS = _counter(
+    "costpipe_duplicate_requests",
+    "Requests whose request_id was already costed within the horizon (dead-lettered)", (),
+    "worker",
+    "Requests whose request_id was already costed within `ingest.dedup_horizon_seconds` (a "
+    "client retry, a replay): kept out of costs and windows, dead-lettered with where the "
+    "first copy is",
 )
 UNPRICED = _counter(
     "costpipe_unpriced_requests",

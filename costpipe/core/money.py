@@ -8,13 +8,14 @@ pico-dollars with numpy/pyarrow and only build the decimal column at the edge.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
 
-from costpipe.schemas.records import MONEY, MONEY_QUANTUM
-
 PICO = 10**12
+MONEY: Final = pa.decimal128(38, 12)  # every money column of every schema
+MONEY_QUANTUM: Final = Decimal("0.000000000001")
 
 
 def pico_to_money(pico: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
@@ -59,6 +60,3 @@ def to_pico(amount: Decimal) -> int:
     """Decimal dollars -> pico-dollars, rounded half-even (the MONEY quantum)."""
     return int(amount.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN) * PICO)
 
-
-def from_pico(pico: int) -> Decimal:
-    return (Decimal(pico) / PICO).quantize(MONEY_QUANTUM)

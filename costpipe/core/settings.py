@@ -1,12 +1,13 @@
 """The one settings object: `costpipe.toml` overlaid by `COSTPIPE_*` environment variables.
 
-Why one place: every process (collectors, workers, CLI, tests) must agree on topic names,
-money parameters and which providers are internal, and a bad value must stop the process at
-start with one line that names the key, not deep inside a stream loop.
+Read with pydantic-settings (a TOML source and an environment source with `__` nesting). Why one
+place: every process (collectors, workers, CLI, tests) must agree on topic names, money
+parameters and which providers are internal, and a bad value must stop the process at start
+with one line that names the key, not deep inside a stream loop.
 
 Environment variables use `__` between levels: `COSTPIPE_KAFKA__BOOTSTRAP_SERVERS=host:9092`,
-`COSTPIPE_GPU__DOLLARS_PER_GPU_HOUR=2.10`. `KAFKA_BOOTSTRAP_SERVERS` is honoured too (it means
-"use that cluster, start nothing").
+`COSTPIPE_GPU__DOLLARS_PER_GPU_HOUR=2.10`; lists and tables as JSON. `KAFKA_BOOTSTRAP_SERVERS`
+is honoured too (it means "use that cluster, start nothing").
 """
 
 from __future__ import annotations
@@ -14,12 +15,28 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 ENV_PREFIX = "COSTPIPE_"
 CONFIG_ENV = "COSTPIPE_CONFIG"
@@ -37,57 +54,86 @@ class _Section(BaseModel):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
-        default=None, description="Existing cluster 'host:port,...'; unset = local broker"
-    )
-    local_port: int = Field(default=19092, ge=1024, le=65535)
-    local_controller_port: int = Field(default=19093, ge=1024, le=65535)
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = Field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    compression: Literal["lz4", "zstd"] = "zstd"
-    linger_ms: int = Field(default=50, ge=50, le=10_000)
+        default=None, description="Existing cluster `host:port,...`; unset = start the local "
+        "broker (`KAFKA_BOOTSTRAP_SERVERS` works too)")
+    local_port: int = Field(default=19092, ge=1024, le=65535,
+                            description="Local broker port (127.0.0.1 only)")
+    local_controller_port: int = Field(default=19093, ge=1024, le=65535,
+                                       description="Local broker's KRaft controller port")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`")
+    sasl_username: str | None = Field(default=None, description="SASL user")
+    sasl_password: str | None = Field(default=None, repr=False,
+                                      description="SASL password (never logged)")
+    ssl_cafile: str | None = Field(default=None, description="PEM CA bundle for TLS")
+    ssl_certfile: str | None = Field(default=None, description="Client certificate (mTLS)")
+    ssl_keyfile: str | None = Field(default=None, description="Client key (mTLS)")
+    compression: Literal["lz4", "zstd"] = Field(default="zstd",
+                                                description="Producer compression on the wire")
+    linger_ms: int = Field(default=50, ge=50, le=10_000,
+                           description="Producer batching delay on the wire")
     envelope_rows: int = Field(
         default=10_000, ge=1, le=100_000,
-        description="Most rows per Arrow envelope (one Kafka message), collectors and worker",
+        description="Most rows per Arrow envelope (one Kafka message), for the collectors and "
+        "the worker's outputs; small batches are coalesced up to this. The worker's cost is "
+        "mostly per message, so bigger envelopes mean more events/s",
+    )
+    max_message_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024 * 1024, le=512 * 1024 * 1024,
+        description="The one message-size limit; producers, codec, topics and consumers "
+        "derive theirs from it. An existing cluster must allow it on the costpipe topics",
     )
     envelope_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=64 * 1024, le=8 * 1024 * 1024,
-        description="Most uncompressed bytes per Arrow envelope (the codec refuses > 8 MiB)",
+        default=4 * 1024 * 1024, ge=64 * 1024,
+        description="Most uncompressed bytes per Arrow envelope; at most "
+        "`max_message_bytes` - 64 KiB",
     )
-    kafka_version: str = "3.9.1"
+    kafka_version: str = Field(default="3.9.1",
+                               description="Apache Kafka version the local broker runs")
+
+    @field_validator("envelope_bytes")
+    @classmethod
+    def _envelope_fits(cls, value: int, info: ValidationInfo) -> int:
+        limit = info.data.get("max_message_bytes")
+        if limit is not None and value > limit - 64 * 1024:
+            raise ValueError(f"must leave 64 KiB under kafka.max_message_bytes ({limit}): at "
+                             f"most {limit - 64 * 1024}")
+        return value
+
+
+_TOPIC = "Versioned topic name (must end in `.vN`)"
 
 
 class TopicSettings(_Section):
-    requests: str = "costpipe.requests.v1"
-    gpu: str = "costpipe.gpu.v1"
-    costs: str = "costpipe.costs.v1"
-    partials: str = "costpipe.partials.v1"
-    windows: str = "costpipe.windows.v1"
-    alerts: str = "costpipe.alerts.v1"
-    deadletter: str = "costpipe.deadletter.v1"
+    requests: str = Field(default="costpipe.requests.v1", description=_TOPIC)
+    gpu: str = Field(default="costpipe.gpu.v1", description=_TOPIC)
+    costs: str = Field(default="costpipe.costs.v1", description=_TOPIC)
+    partials: str = Field(default="costpipe.partials.v1",
+                          description="Internal: window partial sums, keyed by window key")
+    windows: str = Field(default="costpipe.windows.v1", description=_TOPIC)
+    alerts: str = Field(default="costpipe.alerts.v1", description=_TOPIC)
+    deadletter: str = Field(default="costpipe.deadletter.v1", description=_TOPIC)
+    members: str = Field(default="costpipe.members.v1",
+                         description="Internal: the workers of the group and their lake "
+                         "(one partition, compacted)")
     gpuwork: str = Field(
         default="costpipe.gpuwork.v1",
-        description="Internal: GPU samples + own-model requests in one ordered stream",
+        description="Internal: GPU samples + own-model requests, keyed by GPU",
     )
-    partitions: int = Field(default=4, ge=1, le=1024)
+    partitions: int = Field(default=4, ge=1, le=1024,
+                            description="Partitions per topic (the scale-out unit)")
 
     def partition_counts(self) -> dict[str, int]:
-        """Topic name -> partitions. `partials` and `gpuwork` are internal ordered streams
-        (one consumer must see all of them in one order: window merge, GPU allocation)."""
-        counts = {}
-        for field_name in type(self).model_fields:
-            if field_name == "partitions":
-                continue
-            single = field_name in ("partials", "gpuwork")
-            counts[getattr(self, field_name)] = 1 if single else self.partitions
-        return counts
+        """Topic name -> partitions: every stage is keyed, so every data topic has
+        `partitions`; the members roll call has one."""
+        return {getattr(self, name): 1 if name == "members" else self.partitions
+                for name in type(self).model_fields if name != "partitions"}
 
     @field_validator(
-        "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork"
+        "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork",
+        "members",
     )
     @classmethod
     def _versioned(cls, value: str) -> str:
@@ -100,10 +146,12 @@ class TopicSettings(_Section):
 class ProviderSettings(_Section):
     internal: list[str] = Field(
         default_factory=lambda: ["own-vllm", "own-tts", "own-embed"],
-        description="Provider names that are our own models (provider_kind=internal)",
+        description="Provider names that are your own models (`provider_kind` internal)",
     )
-    shadow_provider: str = "openai"
-    shadow_model: str = "gpt-4o-mini"
+    shadow_provider: str = Field(default="openai",
+                                 description="Reference external provider for avoided spend")
+    shadow_model: str = Field(default="gpt-4o-mini",
+                              description="Reference external model for avoided spend")
     shadow_models: dict[str, str] = Field(
         default_factory=lambda: {"embeddings": "text-embedding-3-small"},
         description="Per-operation reference external model for the shadow price",
@@ -122,9 +170,14 @@ class PriceOverride(_Section):
 
 
 class PricingSettings(_Section):
-    overrides: list[PriceOverride] = Field(default_factory=list)
+    overrides: list[PriceOverride] = Field(
+        default_factory=list,
+        description="`[[pricing.overrides]]` provider, model, input_per_mtok, "
+        "output_per_mtok, cache_read_per_mtok, cache_write_per_mtok: a model the catalog "
+        "lacks, or your contract price")
     discounts: dict[str, Decimal] = Field(
-        default_factory=dict, description="provider -> contract discount fraction (0..1)"
+        default_factory=dict,
+        description="Contract discount per provider, e.g. `{openai = \"0.15\"}`",
     )
 
     @field_validator("discounts")
@@ -137,66 +190,184 @@ class PricingSettings(_Section):
 
 
 class GpuSettings(_Section):
-    dollars_per_gpu_hour: Decimal = Field(default=Decimal("2.00"), ge=0)
-    dollars_per_kwh: Decimal = Field(default=Decimal("0.12"), ge=0)
-    pue: Decimal = Field(default=Decimal("1.3"), ge=1, le=5)
-    bucket_seconds: int = Field(default=10, ge=1, le=3600)
-    allowed_lateness_seconds: int = Field(default=30, ge=0, le=86_400)
+    dollars_per_gpu_hour: Decimal = Field(default=Decimal("2.00"), ge=0,
+                                          description="Amortised or reserved price per GPU-hour")
+    dollars_per_kwh: Decimal = Field(default=Decimal("0.12"), ge=0,
+                                     description="Energy price")
+    pue: Decimal = Field(default=Decimal("1.3"), ge=1, le=5,
+                         description="Data-centre power usage effectiveness")
+    bucket_seconds: int = Field(default=10, ge=1, le=3600,
+                                description="GPU cost allocation bucket")
+    allowed_lateness_seconds: int = Field(
+        default=30, ge=0, le=86_400,
+        description="Wait after a bucket's end before it closes. A bucket closes when the GPU "
+        "samples *and* every requests partition have passed its end + lateness in event time; "
+        "a requests partition that has gone quiet (caught up, and 300 s behind the GPU "
+        "samples) stops holding buckets back, one still draining a backlog never does")
 
 
 class WindowSettings(_Section):
-    seconds: int = Field(default=60, ge=1, le=86_400)
+    seconds: int = Field(default=60, ge=1, le=86_400, description="Tumbling window length")
     allowed_lateness_seconds: int = Field(
         default=45, ge=0, le=86_400,
         description="Wait after window end; keep >= gpu bucket + gpu lateness (own-model costs)",
     )
     correction_horizon_seconds: int = Field(
         default=300, ge=0, le=30 * 86_400,
-        description="Keep closed windows' state this long after end + lateness (late deltas "
-                    "merge into it); older state is evicted, later partials still emit deltas, "
-                    "so totals stay exact either way: this bounds memory (keys x windows kept)",
+        description="How long closed windows' state is kept for late deltas; older state is "
+        "evicted, later partials still emit delta rows so totals stay exact. Worker memory "
+        "grows with keys x the windows this keeps, then stays flat",
     )
 
 
 class AlertSettings(_Section):
-    spike_sigma: float = Field(default=4.0, gt=0)
-    spike_min_dollars: Decimal = Field(default=Decimal("0.50"), ge=0)
-    ewma_alpha: float = Field(default=0.3, gt=0, le=1)
-    warmup_windows: int = Field(default=3, ge=1)
-    external_budget_per_hour: Decimal | None = Field(default=None, ge=0)
-    external_budget_per_day: Decimal | None = Field(default=None, ge=0)
-    cooldown_seconds: int = Field(default=300, ge=0)
-    webhook_url: str | None = None
+    spike_sigma: float = Field(default=4.0, gt=0,
+                               description="Fire when a window exceeds its EWMA baseline by "
+                               "this many standard deviations ...")
+    spike_min_dollars: Decimal = Field(default=Decimal("0.50"), ge=0,
+                                       description="... and by at least this many dollars")
+    ewma_alpha: float = Field(default=0.3, gt=0, le=1,
+                              description="Weight of the newest window in the baseline")
+    warmup_windows: int = Field(default=3, ge=1,
+                                description="Windows of a key before spikes can fire")
+    external_budget_per_hour: Decimal | None = Field(
+        default=None, ge=0, description="External spend per UTC hour that fires an alert")
+    external_budget_per_day: Decimal | None = Field(
+        default=None, ge=0, description="External spend per UTC day that fires an alert")
+    cooldown_seconds: int = Field(default=300, ge=0,
+                                  description="Quiet time per (rule, key) after an alert")
+    webhook_url: str | None = Field(default=None,
+                                    description="Slack-compatible webhook for alerts")
+
+
+class CollectorSettings(_Section):
+    heartbeat_seconds: float = Field(
+        default=2.0, ge=0, le=3600,
+        description="A collector with nothing to send tells the workers every this many "
+        "seconds that event time goes on (a heartbeat to every requests partition), so the "
+        "last window closes when traffic stops; 0 = off")
+    heartbeat_lag_seconds: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="A heartbeat claims event time up to now minus this (and never past the "
+        "oldest call still in flight in the proxy or the SDK)")
+
+
+class IngestSettings(_Section):
+    max_future_seconds: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Events stamped further ahead of the worker's clock are dead-lettered "
+        "(a skewed host must not close windows or GPU buckets early)")
+    max_age_days: int = Field(default=400, ge=1, le=3650,
+                              description="Events older than this are dead-lettered")
+    max_string_bytes: int = Field(
+        default=256, ge=16, le=65_536,
+        description="Longest text field (model, operation, team, ...); longer rows are "
+        "dead-lettered (each distinct value becomes a window key and a lake value)")
+    dedup_horizon_seconds: int = Field(
+        default=86_400, ge=0, le=30 * 86_400,
+        description="A request_id seen again within this much event time is a duplicate: "
+        "counted, dead-lettered, kept out of costs. Memory: 16 bytes per request id in the "
+        "horizon, per requests partition owned")
+    poison_retries: int = Field(
+        default=3, ge=0, le=100,
+        description="Times a message that fails processing is retried before it goes to the "
+        "dead-letter topic with the error")
 
 
 class LakeSettings(_Section):
-    location: str = Field(default=".costpipe/lake", description="Folder or fsspec/pyarrow URL")
-    flush_rows: int = Field(default=200_000, ge=1)
-    flush_seconds: float = Field(default=5.0, gt=0)
+    location: str = Field(
+        default=".costpipe/lake",
+        description="Folder (one host), or `s3://bucket/prefix` (the `lake.s3_*` keys; a "
+        "location shared by workers on several hosts); other pyarrow filesystem URLs too")
+    flush_rows: int = Field(default=200_000, ge=1,
+                            description="Rows per Parquet file before a flush")
+    flush_seconds: float = Field(default=5.0, gt=0,
+                                 description="Age of a buffer before a flush (freshness)")
     export_cron: str = Field(
         default="30 0 * * *", description="UTC crontab of the nightly export of yesterday"
     )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint of an `s3://` lake, e.g. `http://127.0.0.1:9000` "
+        "(MinIO, Ceph, ...); an `http://` endpoint means plain HTTP. Unset = AWS S3")
+    s3_region: str | None = Field(
+        default=None,
+        description="Region of the lake's bucket; unset = asked of AWS S3 (or the SDK default "
+        "with `s3_endpoint`)")
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="Access key of an `s3://` lake; unset = the AWS default chain (`AWS_*` "
+        "variables, `~/.aws`, instance role)")
+    s3_secret_access_key: str | None = Field(
+        default=None, repr=False, validate_default=True,
+        description="Secret key going with `s3_access_key_id` (never logged)")
+
+    @field_validator("location")
+    @classmethod
+    def _plain_location(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme == "s3" and ("?" in rest or "@" in rest.split("/", 1)[0]):
+            raise ValueError("give s3:// as s3://bucket/prefix; put the endpoint, region and "
+                             "keys in lake.s3_endpoint, lake.s3_region, lake.s3_access_key_id "
+                             "and lake.s3_secret_access_key")
+        return value
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        host = rest.rstrip("/")
+        if not sep or scheme not in ("http", "https") or not host or "/" in host:
+            raise ValueError("must be http://host[:port] or https://host[:port]")
+        return f"{scheme}://{host}"
+
+    @field_validator("s3_secret_access_key")
+    @classmethod
+    def _key_pair(cls, value: str | None, info: ValidationInfo) -> str | None:
+        key_id = info.data.get("s3_access_key_id")
+        if (key_id is None) != (value is None):
+            missing = "lake.s3_secret_access_key" if value is None else "lake.s3_access_key_id"
+            raise ValueError(f"set lake.s3_access_key_id and lake.s3_secret_access_key "
+                             f"together ({missing} is unset)")
+        return value
 
 
 class ServerSettings(_Section):
-    proxy_listen: str = "127.0.0.1:8787"
-    otlp_listen: str = "127.0.0.1:4318"
-    metrics_host: str = "127.0.0.1"
+    proxy_listen: str = Field(default="127.0.0.1:8787", description="Proxy bind address")
+    otlp_listen: str = Field(default="127.0.0.1:4318", description="OTLP receiver bind address")
+    metrics_host: str = Field(default="127.0.0.1",
+                              description="Bind address of every /metrics endpoint")
     metrics_port: int = Field(default=9464, ge=0, le=65535,
-                              description="worker (and in-app SDK) /metrics port; 0 = off")
-    proxy_metrics_port: int = Field(default=9465, ge=0, le=65535)
-    otlp_metrics_port: int = Field(default=9466, ge=0, le=65535)
-    gpu_metrics_port: int = Field(default=9467, ge=0, le=65535)
-    worker_web_port: int = Field(default=6066, ge=1024, le=65535)
-    worker_group: str = Field(default="costpipe-worker", description="Faust app id / group")
-    auth_token: str | None = Field(default=None, repr=False)
+                              description="Worker (and in-app SDK) /metrics port; 0 = off")
+    proxy_metrics_port: int = Field(default=9465, ge=0, le=65535,
+                                    description="`costpipe proxy` /metrics port; 0 = off")
+    otlp_metrics_port: int = Field(default=9466, ge=0, le=65535,
+                                   description="`costpipe otlp` /metrics port; 0 = off")
+    gpu_metrics_port: int = Field(default=9467, ge=0, le=65535,
+                                  description="`costpipe gpu` /metrics port; 0 = off")
+    worker_web_port: int = Field(default=6066, ge=1024, le=65535,
+                                 description="The worker's Faust web endpoint (127.0.0.1)")
+    worker_group: str = Field(default="costpipe-worker",
+                              description="Faust app id = the workers' consumer group")
+    worker_stall_seconds: int = Field(
+        default=120, ge=10, le=86_400,
+        description="A worker that reads nothing for this long while messages wait for it "
+        "(or stays in a rebalance this long) logs it, reports it at /costpipe/health and on "
+        "/metrics, and restarts itself")
+    auth_token: str | None = Field(
+        default=None, repr=False,
+        description="Token clients must send (`X-Costpipe-Token`) to the proxy and OTLP "
+        "receiver")
     operation_map: dict[str, str] = Field(
-        default_factory=dict, description="model or route -> operation, for the proxy"
+        default_factory=dict, description="Model or route -> operation, for the proxy"
     )
 
 
 class Settings(_Section):
-    state_dir: Path = Path(".costpipe")
+    state_dir: Path = Field(default=Path(".costpipe"),
+                            description="Local broker data, spool, worker state")
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "costpipe",
         description="Downloads that outlive a checkout (the Maven-resolved Kafka jars)",
@@ -211,6 +382,8 @@ class Settings(_Section):
     gpu: GpuSettings = Field(default_factory=GpuSettings)
     windows: WindowSettings = Field(default_factory=WindowSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    collectors: CollectorSettings = Field(default_factory=CollectorSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     servers: ServerSettings = Field(default_factory=ServerSettings)
 
@@ -226,43 +399,75 @@ class Settings(_Section):
         return self.kafka.bootstrap_servers or f"127.0.0.1:{self.kafka.local_port}"
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in environ.items():
+def _default_text(field: Any) -> str:
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is None:
+        return "unset"
+    if isinstance(value, Path) and value.is_absolute() and str(value).startswith(
+            str(Path.home())):
+        value = "~/" + str(value.relative_to(Path.home()))
+    if isinstance(value, list | dict):
+        return "`" + json.dumps(value, default=str).replace("|", "\\|") + "`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every setting, its default and what it means."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, _Section):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            if not field.description:
+                raise ValueError(f"setting {prefix}{name} has no description")
+            lines.append(f"| `{prefix}{name}` | {_default_text(field)} | "
+                         f"{field.description} |")
+
+    walk(Settings, "")
+    return "\n".join(lines)
+
+
+def _fields_of(model: type[BaseModel], path: list[str]) -> bool:
+    """Whether `path` (lower-case parts) names a setting (a field, or a key inside a dict one)."""
+    node: Any = model
+    for depth, part in enumerate(path):
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return depth > 0  # inside a dict/list-valued setting: pydantic checks the value
+        field = node.model_fields.get(part)
+        if field is None:
+            return False
+        node = field.annotation
+    return True
+
+
+def _unknown_env(environ: Mapping[str, str]) -> str | None:
+    """The first COSTPIPE_* variable that names no setting (pydantic-settings ignores those)."""
+    for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name.startswith(
-            TEST_ENV_PREFIX
-        ):
+                TEST_ENV_PREFIX):
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
-    if environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        tree.setdefault("kafka", {}).setdefault(
-            "bootstrap_servers", environ["KAFKA_BOOTSTRAP_SERVERS"]
-        )
-    return tree
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if not _fields_of(Settings, path):
+            return ".".join(path)
+    return None
 
 
-def _parse_env_value(raw: str) -> Any:
-    """Lists and tables may be given as JSON; everything else stays a string for pydantic."""
-    if raw[:1] in "[{":
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
-    return raw
-
-
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def _secret(loc: tuple[int | str, ...]) -> bool:
+    """Whether `loc` names a field that is never shown (`repr=False`: passwords, keys)."""
+    node: Any = Settings
+    for part in loc:
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return False
+        field = node.model_fields.get(str(part))
+        if field is None:
+            return False
+        if field.repr is False:
+            return True
+        node = field.annotation
+    return False
 
 
 def _one_line(error: ValidationError, source: str) -> str:
@@ -272,45 +477,111 @@ def _one_line(error: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling against README's configuration reference)"
     got = first.get("input")
-    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    got_text = "" if isinstance(got, dict) or _secret(first["loc"]) else f" (got {got!r})"
     more = f"; {len(error.errors()) - 1} more problem(s)" if len(error.errors()) > 1 else ""
     return f"invalid setting {key} in {source}: {message}{got_text}{more}"
 
 
-def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def config_path(explicit: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> Path | None:
+    """The TOML file to read: `explicit`, else $COSTPIPE_CONFIG, else ./costpipe.toml if any."""
+    environ = os.environ if environ is None else environ
     if explicit:
         return Path(explicit)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    default = Path.cwd() / DEFAULT_CONFIG_NAME
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    if cwd is None:
+        return None
+    default = cwd / DEFAULT_CONFIG_NAME
     return default if default.exists() else None
 
 
+class _Environment(EnvSettingsSource):
+    """`COSTPIPE_*` variables from a given mapping instead of the process environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = {k: v for k, v in environ.items() if k != CONFIG_ENV
+                         and not k.startswith(TEST_ENV_PREFIX)}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+class _KafkaBootstrap(PydanticBaseSettingsSource):
+    """`KAFKA_BOOTSTRAP_SERVERS` (the usual Kafka tools' variable) as kafka.bootstrap_servers."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._value = environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {"kafka": {"bootstrap_servers": self._value}} if self._value else {}
+
+
+_INPUTS: ContextVar[tuple[Path | None, Mapping[str, str]]] = ContextVar("costpipe_settings")
+
+
+class _FromSources(Settings, BaseSettings):
+    """Settings read by pydantic-settings: environment over `KAFKA_BOOTSTRAP_SERVERS` over the
+    TOML file over defaults; nested keys deep-merged, lists and tables in env as JSON."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="forbid", nested_model_default_partial_update=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   *_: PydanticBaseSettingsSource,
+                                   **__: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path, environ = _INPUTS.get()
+        sources: list[PydanticBaseSettingsSource] = [_Environment(settings_cls, environ),
+                                                     _KafkaBootstrap(settings_cls, environ)]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
 def load_settings(
-    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read, merge and validate; raise SettingsError with one line naming the bad key."""
+    """Read, merge and validate; raise SettingsError with one line naming the bad key.
+
+    With `environ` given, nothing of the real process is read: not its environment, not its
+    $COSTPIPE_CONFIG, not ./costpipe.toml (only `path`, or the mapping's COSTPIPE_CONFIG).
+    """
+    isolated = environ is not None
     environ = dict(os.environ if environ is None else environ)
-    file_values: dict[str, Any] = {}
-    chosen = config_path(path or environ.get(CONFIG_ENV))
+    chosen = config_path(path, environ, None if isolated else Path.cwd())
     source = "defaults"
     if chosen is not None:
         if not chosen.exists():
             raise SettingsError(
-                f"config file {chosen} does not exist (set {CONFIG_ENV} or --config)"
-            )
+                f"config file {chosen} does not exist (set {CONFIG_ENV} to the right path)")
         try:
-            file_values = tomllib.loads(chosen.read_text(encoding="utf-8"))
+            tomllib.loads(chosen.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {chosen} is not valid TOML: {exc}") from None
         source = str(chosen)
-    env_values = _env_overrides(environ)
-    if env_values:
+    if any(k.startswith(ENV_PREFIX) and k != CONFIG_ENV and not k.startswith(TEST_ENV_PREFIX)
+           for k in environ) or environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         source = f"{source} + COSTPIPE_* environment" if chosen else "COSTPIPE_* environment"
+    unknown = _unknown_env(environ)
+    if unknown is not None:
+        raise SettingsError(f"invalid setting {unknown} in {source}: unknown key (check the "
+                            "spelling against README's configuration reference)")
+    token = _INPUTS.set((chosen, environ))
     try:
-        return Settings.model_validate(_merge(file_values, env_values))
+        loaded = _FromSources()
     except ValidationError as exc:
         raise SettingsError(_one_line(exc, source)) from None
+    finally:
+        _INPUTS.reset(token)
+    return Settings.model_validate(loaded.model_dump())
 
 
 @lru_cache(maxsize=1)

@@ -115,3 +115,23 @@ def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
         load_settings(_toml(tmp_path, "[kafka\n"), environ={})
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_given_environ_is_fully_isolated_from_the_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`environ=` must not read the real COSTPIPE_CONFIG, COSTPIPE_* or ./costpipe.toml."""
+    real = _toml(tmp_path, "[windows]\nseconds = 30\n")
+    monkeypatch.chdir(tmp_path)  # ./costpipe.toml exists
+    monkeypatch.setenv("COSTPIPE_CONFIG", str(real))
+    monkeypatch.setenv("COSTPIPE_TOPICS__PARTITIONS", "9")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "elsewhere:9092")
+    assert load_settings(environ={}) == Settings()
+    assert load_settings().windows.seconds == 30  # the process's own view reads them all
+    assert load_settings().topics.partitions == 9
+
+
+def test_envelope_must_fit_under_the_message_limit() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"COSTPIPE_KAFKA__MAX_MESSAGE_BYTES": str(2 * 1024 * 1024),
+                               "COSTPIPE_KAFKA__ENVELOPE_BYTES": str(2 * 1024 * 1024)})
+    assert str(caught.value).startswith("invalid setting kafka.envelope_bytes ")
