@@ -6,8 +6,8 @@ stub and through the proxy, in alternating blocks, and prints p50/p99 of the who
 time and of the time to the first chunk for both, plus the difference: the proxy's added
 latency (target p99 <= 2 ms).
 
-    .venv/bin/python bench/bench_proxy.py [--load steady|herd] [--harness lean|aiohttp]
-        [--rounds 40] [--blocks 10] [--concurrency 200] [--kafka]
+    .venv/bin/python -m bench.bench_proxy [--load steady|herd] [--harness lean|aiohttp]
+        [--data-path http1|aiohttp] [--rounds 40] [--blocks 10] [--concurrency 200] [--kafka]
 
 The stub streams 16 tokens at 50 tokens/s per stream (20 SSE events, ~0.4 s).
 - `--load steady` (default): 200 streams are always in flight, each worker sending its next
@@ -19,6 +19,10 @@ The stub streams 16 tokens at 50 tokens/s per stream (20 SSE events, ~0.4 s).
   (bench/lean_http.py), so they do not take the CPU the proxy needs on this 2-core machine.
   `--harness aiohttp`: the test stub and an aiohttp client (herd only), as measured before
   2026-11-30; those use ~1.2 ms of CPU per request each.
+
+`--data-path aiohttp` runs bench/peers/aiohttp_proxy.py instead of the real proxy: the same
+proxy with an aiohttp web server and ClientSession as its HTTP layer, everything else alike, to
+measure that choice (docs/decisions/2026-11-30-proxy-http-layer.md).
 
 `--kafka` makes the proxy send its events through the real producer (KAFKA_BOOTSTRAP_SERVERS
 or settings); without it events go to a counting sink so only the HTTP path is measured.
@@ -35,15 +39,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.common import process_cpu_s  # noqa: E402
 from tests.openai_stub import StubUpstream, free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    from costpipe.collectors.proxy import Proxy
 
 CHUNK_DELAY_S = 0.02  # 50 tokens/s per stream, a typical served-model rate
 BODY = {"model": "gpt-4o", "stream": True, "max_tokens": 16,
@@ -62,7 +68,8 @@ class CountingSink:
         self.events += batch.num_rows
 
 
-def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool) -> None:
+def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool,
+          data_path: str) -> None:
     from aiohttp import web
 
     if use_uvloop:
@@ -92,14 +99,19 @@ def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool) ->
 
         sink = BatchingProducer(settings, f"bench.proxy.{os.getpid()}.v1", metrics=False,
                                 spool_dir=Path(settings.state_dir) / f"bench-spool-{os.getpid()}")
-    proxy = Proxy(settings, ProxyConfig(upstream=upstream + "/v1", provider="openai"), sink)
+    proxy_class: type[Proxy] = Proxy
+    if data_path == "aiohttp":
+        from bench.peers.aiohttp_proxy import AiohttpProxy
+
+        proxy_class = AiohttpProxy
+    proxy = proxy_class(settings, ProxyConfig(upstream=upstream + "/v1", provider="openai"), sink)
     if os.environ.get("BENCH_PROFILE"):
         import cProfile
 
         profiler = cProfile.Profile()
         profiler.enable()
     if os.environ.get("BENCH_LAG"):
-        _probe_lag()
+        _probe_lag(type(proxy))
     try:
         serve_proxy(proxy, "127.0.0.1", port)
     finally:
@@ -113,13 +125,11 @@ def serve(role: str, port: int, upstream: str, kafka: bool, use_uvloop: bool) ->
         profiler.dump_stats(os.environ["BENCH_PROFILE"])
 
 
-def _probe_lag() -> None:
+def _probe_lag(proxy_class: type[Proxy]) -> None:
     """BENCH_LAG=1 diagnostics, printed when the proxy exits: how late a 1 ms timer fires in
     its loop (stalls) and how long the cyclic garbage collector ran, per generation."""
     import atexit
     import gc
-
-    from costpipe.collectors.proxy import Proxy
 
     lags: list[float] = []
     pauses: list[tuple[int, float]] = []
@@ -136,7 +146,7 @@ def _probe_lag() -> None:
         else:
             pauses.append((info["generation"], time.thread_time() - gc_started[0]))
 
-    original = Proxy.start
+    original = proxy_class.start
 
     async def start(self: Proxy, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -157,7 +167,7 @@ def _probe_lag() -> None:
                   f"{sum(1 for x in ms if x > 3)} over 3 ms, {sum(1 for x in ms if x > 5)} "
                   f"over 5 ms, of {n}", file=sys.stderr)
 
-    Proxy.start = start  # type: ignore[method-assign]
+    proxy_class.start = start  # type: ignore[method-assign]
     gc.callbacks.append(on_gc)
     atexit.register(report)
 
@@ -274,22 +284,27 @@ def main() -> None:
                         help="run the proxy on a CPU of its own and the stub and load generator"
                              " on the others, as when clients and model servers are other"
                              " machines (default on with 2+ CPUs)")
+    parser.add_argument("--data-path", choices=["http1", "aiohttp"], default="http1",
+                        help="http1: the real proxy (collectors/http_server.py, http_client.py;"
+                             " default); aiohttp: bench/peers/aiohttp_proxy.py, the same proxy"
+                             " on aiohttp's web server and ClientSession")
     parser.add_argument("--serve", choices=["stub", "lean-stub", "proxy"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.upstream, args.kafka, args.uvloop)
+        serve(args.serve, args.port, args.upstream, args.kafka, args.uvloop, args.data_path)
         return
     stub_port, proxy_port = free_port(), free_port()
     stub_url = f"http://127.0.0.1:{stub_port}"
-    me = [sys.executable, __file__, *(["--uvloop"] if args.uvloop else [])]
+    me = [sys.executable, "-m", "bench.bench_proxy", *(["--uvloop"] if args.uvloop else [])]
     stub_role = "lean-stub" if args.harness == "lean" else "stub"
     procs = [
         subprocess.Popen([*me, "--serve", stub_role, "--port", str(stub_port)]),
         subprocess.Popen([*me, "--serve", "proxy", "--port", str(proxy_port),
-                          "--upstream", stub_url, *(["--kafka"] if args.kafka else [])]),
+                          "--upstream", stub_url, "--data-path", args.data_path,
+                          *(["--kafka"] if args.kafka else [])]),
     ]
     cpus = sorted(os.sched_getaffinity(0))
     pinned = args.pin and len(cpus) >= 2
@@ -321,7 +336,8 @@ def main() -> None:
     figures: dict[str, Any] = {"concurrency": args.concurrency,
                                "requests_each": len(results["direct"]),
                                "sink": "kafka" if args.kafka else "counting",
-                               "harness": args.harness, "pinned": pinned,
+                               "harness": args.harness, "data_path": args.data_path,
+                               "pinned": pinned,
                                "load": args.load if args.harness == "lean" else "herd",
                                "stub_loop": "uvloop" if args.uvloop or args.harness == "lean"
                                else "asyncio", "proxy_loop": "uvloop",

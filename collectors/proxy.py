@@ -3,9 +3,8 @@
 Why a proxy: teams that call OpenAI or a self-hosted OpenAI-compatible server (vLLM,
 llama.cpp) get cost telemetry by changing only `base_url`. It must not change what the client
 sees or when it sees it, so each upstream read is written to the client as it arrives, and a
-keep-alive pool holds the upstream connections. The HTTP layer is `collectors.http1` (asyncio
-Protocols and httptools), because aiohttp's per-chunk cost made the proxy add ~100 ms at p99
-with 200 streams on 2 cores (bench/FINDINGS.md section 6).
+keep-alive pool holds the upstream connections. The HTTP layer (asyncio Protocols and
+httptools) was chosen by measurement: docs/decisions/2026-11-30-proxy-http-layer.md.
 
 Measured per call: tokens (from `usage`; for streaming chat/completions the proxy adds
 `stream_options.include_usage=true` when the client did not set it, and then removes that extra
@@ -38,13 +37,12 @@ from typing import Any
 from yarl import URL
 
 from costpipe.collectors.events import EventSink, request_event
-from costpipe.collectors.http1 import (
+from costpipe.collectors.http_client import UpstreamConnection, UpstreamPool
+from costpipe.collectors.http_server import (
     Headers,
     IncomingRequest,
     Reply,
     ServerConnection,
-    UpstreamConnection,
-    UpstreamPool,
     error_body,
 )
 from costpipe.core.metrics import PROXY_REQUESTS
@@ -112,6 +110,7 @@ class ResponseTracker:
         self.model: str | None = None
         self.error_type: str | None = None
         self.content_events = 0
+        self.done = False  # `data: [DONE]` (or a final usage chunk) passed: the call is complete
         self._pending = bytearray()
         self._body = bytearray()
         self._body_overflow = False
@@ -193,6 +192,8 @@ class ResponseTracker:
             self.content_events += 1
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
+        if b"[DONE]" in event:
+            self.done = True
         wants_parse = self.model is None or (b'"usage"' in event and not _NULL_USAGE.search(event))
         if not wants_parse:
             return True
@@ -212,6 +213,8 @@ class ResponseTracker:
             self.model = inner["model"]
         if isinstance(inner.get("usage"), dict):
             self.usage = inner["usage"]
+            if doc.get("choices") == [] or doc.get("type") == "response.completed":
+                self.done = True  # the final usage chunk: nothing but [DONE] follows
             if self.strip and doc.get("choices") == []:
                 return False
         if isinstance(doc.get("error"), dict):
@@ -246,11 +249,19 @@ class Proxy:
             self._upstream_host, self._upstream_port, self._ssl,
             max_connections=self.config.max_connections, connect_timeout_s=10.0,
             read_timeout_s=self.config.read_timeout_s)
+        if hasattr(self.sink, "hold_back"):  # heartbeats wait for the calls in flight
+            self.sink.hold_back(self._oldest_in_flight)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ServerConnection(self._handle, MAX_REQUEST_BODY), host, port,
             reuse_address=True, backlog=2048)
         return self._server
+
+    def _oldest_in_flight(self) -> dt.datetime | None:
+        try:
+            return min((e.started_at for e in list(self._inflight)), default=None)
+        except RuntimeError:  # the loop changed the set meanwhile: hold back this time
+            return dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop listening, let calls in flight finish for up to `grace_s`, then cut the rest;
@@ -434,8 +445,8 @@ class _Exchange:
             return
         self.finished = True
         self.proxy._inflight.discard(self)
-        # Break the exchange <-> reply cycle so the exchange is freed by reference counting:
-        # left to the cyclic collector, 200 streams' garbage made 4 ms pauses (FINDINGS 6).
+        # Break the exchange <-> reply cycle so the exchange is freed by reference counting
+        # (left to the cyclic collector it made GC pauses: the proxy HTTP layer record).
         self.reply.listener = None
         if self.route is not None:
             self.proxy._emit(self)
@@ -512,7 +523,8 @@ class _Exchange:
 
     # ReplyListener: the client's side
     def client_gone(self) -> None:
-        if self.error_type is None:
+        complete = self.tracker is not None and self.tracker.sse and self.tracker.done
+        if self.error_type is None and not complete:  # left after [DONE]: delivered in full
             self.error_type = "client_disconnected"
         if self.upstream is not None:
             self.upstream.detach()

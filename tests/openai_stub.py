@@ -27,6 +27,7 @@ CACHED_TOKENS = 2
 @dataclass
 class StubUpstream:
     chunk_delay_s: float = 0.0
+    end_delay_s: float = 0.0  # wait after the last event before ending the body
     usage_in_stream: bool = True
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -142,6 +143,8 @@ class StubUpstream:
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
             await response.write(f"data: {payload}\n\n".encode())
+        if self.end_delay_s:
+            await asyncio.sleep(self.end_delay_s)
         await response.write_eof()
         return response
 

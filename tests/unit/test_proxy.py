@@ -162,6 +162,26 @@ def test_client_disconnect_mid_stream_is_recorded_as_an_error() -> None:
     assert event["output_tokens"] < 8
 
 
+def test_a_client_that_leaves_after_done_completed_its_call() -> None:
+    """The official sync client closes the response right after `data: [DONE]`; when the
+    upstream ends its body in a later read the call was still fully delivered."""
+    sink = ListSink()
+    with Servers(StubUpstream(end_delay_s=0.3), sink, provider="openai") as running:
+        body = {"model": "gpt-4o", "stream": True, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "hi"}]}
+        received = b""
+        with httpx.stream("POST", running.url + "/v1/chat/completions", json=body,
+                          timeout=10) as response:
+            for chunk in response.iter_raw():
+                received += chunk
+                if b"[DONE]" in received:
+                    break  # leave now, as openai's Stream does
+        event = _only(sink) if _wait_for(sink, 5) else None
+    assert event is not None
+    assert (event["status"], event["error_type"]) == ("ok", None)
+    assert event["output_tokens"] == 8 and event["input_tokens"] > 0
+
+
 def _wait_for(sink: ListSink, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while not sink.events and time.monotonic() < deadline:

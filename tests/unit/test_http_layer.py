@@ -1,4 +1,5 @@
-"""The proxy's own HTTP/1.1 layer (collectors/http1.py) on the wire, with raw sockets.
+"""The proxy's own HTTP/1.1 layer (collectors/http_server.py, collectors/http_client.py) on
+the wire, with raw sockets.
 
 The openai-client tests in test_proxy.py cover the usual calls; these cover what an HTTP
 server and client must also get right: keep-alive on both sides, pipelining, chunked and
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import trustme
 
-from costpipe.collectors.http1 import IncomingRequest, Reply, ServerConnection
+from costpipe.collectors.http_server import IncomingRequest, Reply, ServerConnection
 from costpipe.collectors.proxy import Proxy, ProxyConfig
 from costpipe.core.settings import load_settings
 from tests.openai_stub import free_port
