@@ -3,6 +3,10 @@
 Why an in-memory DuckDB: the lake is the source of truth; every connection builds views from
 the SQL files in `analytics/sql/` (applied in name order), so Trino/Spark users can read the
 same files and the SQL is reviewed as SQL, not as Python strings.
+
+A local lake is read with DuckDB's read_parquet; a remote one (s3://...) through pyarrow
+datasets on the lake's own filesystem, so DuckDB never needs its httpfs extension. Connections
+never install or load an extension on their own: nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from costpipe.core.settings import Settings, get_settings
 from costpipe.lake.layout import TABLES, Lake, open_lake
@@ -38,6 +44,12 @@ _DUCK_TYPES = {
 }
 
 
+_PARTITION_SCHEMA = pa.schema([("date", pa.date32()), ("hour", pa.int32())])  # Hive, UTC
+# no surprise downloads: DuckDB would otherwise fetch and load a known extension (httpfs, ...)
+# the first time a query needs one
+_NO_DOWNLOADS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
 class ReadOnlyError(ValueError):
     """A statement that would change something, in read-only mode."""
 
@@ -50,6 +62,13 @@ def _duck_type(type_: pa.DataType) -> str:
     return _DUCK_TYPES[type_]
 
 
+def _empty(table_name: str) -> str:
+    schema = TABLES[table_name].schema
+    columns = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
+    columns += ['CAST(NULL AS DATE) AS "date"', 'CAST(NULL AS INTEGER) AS "hour"']
+    return f"(SELECT {', '.join(columns)} WHERE false)"
+
+
 def _source(lake: Lake, table_name: str) -> str:
     if lake.has_files(table_name):
         glob = lake.glob(table_name).replace("'", "''")
@@ -57,10 +76,34 @@ def _source(lake: Lake, table_name: str) -> str:
             f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
             "hive_types = {'date': DATE, 'hour': INTEGER})"
         )
+    return _empty(table_name)
+
+
+def _remote_source(con: duckdb.DuckDBPyConnection, lake: Lake, table_name: str) -> str:
+    """A remote table as a pyarrow dataset on the lake's filesystem, registered in `con`.
+
+    Why not DuckDB's read_parquet('s3://...'): that needs the httpfs extension, which DuckDB
+    downloads at run time (docs/decisions/2026-12-01-object-storage-lake.md). The dataset is
+    built from one listing of the table's committed files (what the local glob matches), with
+    the table's schema, so files written before a column was added read as NULL there, as
+    `union_by_name` does locally. It is a snapshot: files committed after `connect` are seen
+    by the next connection.
+    """
+    base = lake.path(table_name)
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    files = sorted(info.path for info in lake.fs.get_file_info(selector)
+                   if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"))
+    if not files:
+        return _empty(table_name)
     schema = TABLES[table_name].schema
-    columns = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
-    columns += ['CAST(NULL AS DATE) AS "date"', 'CAST(NULL AS INTEGER) AS "hour"']
-    return f"(SELECT {', '.join(columns)} WHERE false)"
+    for field in _PARTITION_SCHEMA:
+        schema = schema.append(field)
+    dataset = ds.dataset(files, filesystem=lake.fs, format="parquet", schema=schema,
+                         partitioning=ds.partitioning(_PARTITION_SCHEMA, flavor="hive"),
+                         partition_base_dir=base)
+    name = f"_lake_{table_name}"
+    con.register(name, dataset)
+    return f'"{name}"'
 
 
 def sql_files() -> list[tuple[str, str]]:
@@ -78,10 +121,14 @@ def connect(
     themselves never write. Pass `location` to point at another lake than settings.lake.
     """
     settings = settings or get_settings()
-    lake = open_lake(location or settings.lake.location)
-    con = duckdb.connect(":memory:")
+    lake = open_lake(location or settings.lake.location, settings.lake)
+    con = duckdb.connect(":memory:", config=_NO_DOWNLOADS)
     con.execute("SET TimeZone = 'UTC'")
-    replacements = {f"{{{{source:{name}}}}}": _source(lake, name) for name in TABLES}
+    if lake.is_local:
+        replacements = {f"{{{{source:{name}}}}}": _source(lake, name) for name in TABLES}
+    else:
+        replacements = {f"{{{{source:{name}}}}}": _remote_source(con, lake, name)
+                        for name in TABLES}
     target = float(settings.target_internal_share)
     replacements["{{target_internal_share}}"] = f"CAST({target!r} AS DOUBLE)"
     for _name, text in sql_files():

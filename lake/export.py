@@ -126,28 +126,66 @@ def _focus(data: pa.Table) -> pa.Table:
     return con.sql(FOCUS_SQL).to_arrow_table()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class _Target:
+    """Where one export lands: a local folder (fsynced) or a folder on the lake's filesystem."""
+
+    fs: pafs.FileSystem
+    path: str  # inside `fs`
+    shown: str  # for people: a local path or the lake's scheme://... URL
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def prepare(self) -> None:
+        """Create the folder and drop an earlier export's data files: a re-export replaces,
+        never mixes with, an earlier one."""
+        if self.local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.create_dir(self.path, recursive=True)
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"):
+                self.fs.delete_file(info.path)
+
+    def put(self, name: str, payload: bytes) -> None:
+        """Write under a temporary name, then rename: a reader never sees half a file."""
+        tmp, final = f"{self.path}/{TMP_PREFIX}{name}", f"{self.path}/{name}"
+        if self.local:
+            with open(tmp, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        else:  # an object appears whole when its upload completes; the move keeps one path
+            with self.fs.open_output_stream(tmp) as stream:
+                stream.write(payload)
+            self.fs.move(tmp, final)
 
 
-def _write_files(data: pa.Table, out_dir: Path, stem: str) -> list[dict[str, Any]]:
+def _target(lake: Lake, day: dt.date, fmt: Format, out: str | None) -> _Target:
+    if out is not None:
+        folder = Path(out).expanduser()
+        return _Target(pafs.LocalFileSystem(), folder.resolve().as_posix(), str(folder))
+    parts = (EXPORT_DIR, f"date={day.isoformat()}", fmt)
+    shown = lake.path(*parts) if lake.is_local else "/".join([lake.uri, *parts])
+    return _Target(lake.fs, lake.path(*parts), shown)
+
+
+def _write_files(data: pa.Table, target: _Target, stem: str) -> list[dict[str, Any]]:
     files = []
     chunks = max(1, -(-data.num_rows // ROWS_PER_FILE))
     for index in range(chunks):
         part = data.slice(index * ROWS_PER_FILE, ROWS_PER_FILE)
         name = f"{stem}-{index:05d}.parquet"
-        tmp = out_dir / f"{TMP_PREFIX}{name}"
-        with open(tmp, "wb") as handle:
-            pq.write_table(part, handle, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out_dir / name)
-        files.append({"name": name, "rows": part.num_rows, "bytes": (out_dir / name).stat().st_size,
-                      "sha256": _sha256(out_dir / name)})
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+        payload = sink.getvalue().to_pybytes()
+        target.put(name, payload)
+        files.append({"name": name, "rows": part.num_rows, "bytes": len(payload),
+                      "sha256": hashlib.sha256(payload).hexdigest()})
     return files
 
 
@@ -163,13 +201,10 @@ def _money_sums(data: pa.Table, columns: tuple[str, ...]) -> dict[str, str]:
 
 def export_day(lake: Lake, day: dt.date, fmt: Format = "parquet", out: str | None = None
                ) -> ExportResult:
-    """Export one UTC day; `out` defaults to <lake>/_exports/date=D/<format>/ (local only)."""
-    if not lake.is_local and out is None:
-        raise ValueError("export of a remote lake needs --out DIR (a local folder)")
-    out_dir = Path(out) if out else Path(lake.path(EXPORT_DIR, f"date={day.isoformat()}", fmt))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("*.parquet"):
-        stale.unlink()  # a re-export replaces, never mixes with, an earlier one
+    """Export one UTC day into `out` (a local folder) or, by default, into the lake itself at
+    <lake>/_exports/date=D/<format>/, through the lake's filesystem (local or object storage)."""
+    target = _target(lake, day, fmt, out)
+    target.prepare()
     tables: dict[str, Any] = {}
     names = ["costs"] if fmt == "focus" else list(TABLES)
     for table_name in names:
@@ -179,7 +214,8 @@ def export_day(lake: Lake, day: dt.date, fmt: Format = "parquet", out: str | Non
             data, stem = _focus(data), "focus"
         else:
             data = _sorted(data, TABLES[table_name].sort_keys)
-        entry: dict[str, Any] = {"rows": data.num_rows, "files": _write_files(data, out_dir, stem)}
+        entry: dict[str, Any] = {"rows": data.num_rows,
+                                 "files": _write_files(data, target, stem)}
         if stem in MONEY_SUMS:
             entry["sums"] = _money_sums(data, MONEY_SUMS[stem])
         tables[stem] = entry
@@ -192,7 +228,5 @@ def export_day(lake: Lake, day: dt.date, fmt: Format = "parquet", out: str | Non
         "tables": tables,
     }
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    tmp = out_dir / f"{TMP_PREFIX}manifest.json"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_dir / "manifest.json")
-    return ExportResult(str(out_dir), manifest)
+    target.put("manifest.json", text.encode("utf-8"))  # last: it names only complete files
+    return ExportResult(target.shown, manifest)

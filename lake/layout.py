@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from costpipe.core.settings import LakeSettings
 from costpipe.schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
 
 STAGING_DIR: Final = "_staging"
@@ -45,11 +46,14 @@ TABLES: Final[dict[str, Table]] = {
         Table("costs", COST_RECORD, "timestamp", ("timestamp", "operation", "provider", "model"),
               ("record_id", "record_type"),
               ("record_type", "provider_kind", "operation", "provider", "model", "team")),
-        Table("gpu_samples", GPU_SAMPLE, "timestamp", ("timestamp", "host", "gpu_uuid")),
+        # a sample sent twice (a replay) is the same (gpu_uuid, timestamp): written once
+        Table("gpu_samples", GPU_SAMPLE, "timestamp", ("timestamp", "host", "gpu_uuid"),
+              ("gpu_uuid", "timestamp")),
         Table("windows", WINDOW_AGGREGATE, "window_start",
               ("window_start", "operation", "provider", "model"),
               ("window_start", "operation", "provider_kind", "provider", "model", "revision")),
-        Table("alerts", ALERT, "timestamp", ("timestamp", "alert_id")),
+        # an alert re-emitted after a crash or a rebalance has the same id: written once
+        Table("alerts", ALERT, "timestamp", ("timestamp", "alert_id"), ("alert_id",)),
     )
 }
 
@@ -105,11 +109,15 @@ def bucket_partition(bucket: int) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Lake:
-    """A lake root on some pyarrow filesystem; `uri` is what DuckDB's read_parquet sees."""
+    """A lake root on some pyarrow filesystem.
+
+    `uri` names the root for people and for DuckDB's read_parquet on a local lake; a remote
+    lake is read through `fs` (costpipe.analytics), never by DuckDB's own network code.
+    """
 
     fs: pafs.FileSystem
     root: str  # path inside `fs`, no trailing slash
-    uri: str  # root as DuckDB addresses it (absolute local path or scheme://...)
+    uri: str  # absolute local path, or scheme://... (no credentials, no query)
 
     @property
     def is_local(self) -> bool:
@@ -130,8 +138,41 @@ class Lake:
         )
 
 
-def open_lake(location: str) -> Lake:
-    """A local folder or any pyarrow filesystem URL (file://, s3://, gs://, hdfs://...)."""
+def s3_filesystem(lake_settings: LakeSettings | None = None, bucket: str | None = None
+                  ) -> pafs.S3FileSystem:
+    """The S3 filesystem the `lake.s3_*` settings describe.
+
+    Unset keys fall back to the AWS default chain (`AWS_*` variables, ~/.aws, instance role);
+    without an endpoint or a region the bucket's region is asked of AWS, as pyarrow's
+    `FileSystem.from_uri` does.
+    """
+    options = lake_settings or LakeSettings()
+    kwargs: dict[str, Any] = {}
+    if options.s3_endpoint is not None:
+        scheme, _, host = options.s3_endpoint.partition("://")
+        kwargs.update(endpoint_override=host, scheme=scheme)
+    region = options.s3_region
+    if region is None and options.s3_endpoint is None and bucket:
+        region = pafs.resolve_s3_region(bucket)
+    if region is not None:
+        kwargs["region"] = region
+    if options.s3_access_key_id is not None:
+        kwargs.update(access_key=options.s3_access_key_id,
+                      secret_key=options.s3_secret_access_key)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def open_lake(location: str, lake_settings: LakeSettings | None = None) -> Lake:
+    """A local folder, `s3://bucket/prefix`, or any other pyarrow filesystem URL (file://,
+    gs://, hdfs://...). An s3:// lake's endpoint, region and keys come from `lake_settings`
+    (the `lake.s3_*` settings), never from the URL."""
+    if location.startswith("s3://"):
+        root = location[len("s3://"):].strip("/")
+        bucket = root.split("/", 1)[0]
+        if not bucket or "?" in root or "@" in bucket:
+            raise ValueError(f"lake location {location!r}: expected s3://bucket/prefix (the "
+                             "endpoint, region and keys go in the lake.s3_* settings)")
+        return Lake(s3_filesystem(lake_settings, bucket), root, f"s3://{root}")
     if "://" in location:
         fs, root = pafs.FileSystem.from_uri(location)
         root = root.rstrip("/")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from costpipe import broker
-from costpipe.core.settings import Settings
+from costpipe.core.settings import LakeSettings, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_PORT = 29092
@@ -89,3 +89,42 @@ def settings_for_tests(tmp_path: Path, kafka_bootstrap: str) -> Settings:
             "lake": {"location": str(tmp_path / "lake")},
         }
     )
+
+
+S3_TEST_REGION = "us-east-1"
+S3_TEST_KEY = ("costpipe-test", "costpipe-test-secret")  # the local server accepts any keys
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """`http://127.0.0.1:PORT` of one local S3-compatible server for the test session.
+
+    moto's server (`moto[server]`) in a thread of the test process, on a free port of
+    127.0.0.1: no network, no Docker. Each test takes its own bucket (`s3_lake_settings`).
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_lake_settings(s3_endpoint: str) -> LakeSettings:
+    """`LakeSettings` of a lake at s3://<fresh bucket>/lake on the session's S3 server."""
+    import pyarrow.fs as pafs
+
+    bucket = f"costpipe-{uuid.uuid4().hex[:12]}"
+    host = s3_endpoint.partition("://")[2]
+    fs = pafs.S3FileSystem(endpoint_override=host, scheme="http", region=S3_TEST_REGION,
+                           access_key=S3_TEST_KEY[0], secret_key=S3_TEST_KEY[1],
+                           allow_bucket_creation=True)
+    fs.create_dir(bucket)
+    return LakeSettings(location=f"s3://{bucket}/lake", s3_endpoint=s3_endpoint,
+                        s3_region=S3_TEST_REGION, s3_access_key_id=S3_TEST_KEY[0],
+                        s3_secret_access_key=S3_TEST_KEY[1])

@@ -1,5 +1,6 @@
 -- Base views over the lake. {{source:<table>}} is replaced by a read_parquet over the table's
--- Hive tree, or by an empty typed relation while the table has no files yet.
+-- Hive tree (a local lake) or by a pyarrow dataset of its files (object storage: no httpfs),
+-- or by an empty typed relation while the table has no files yet.
 -- `date` (DATE) and `hour` (INTEGER) are the Hive partition columns, in UTC.
 -- costs: one row per (record_id, record_type). The streams are at-least-once (a worker killed
 -- after emitting cost records but before committing its input re-emits them), but the sink
@@ -13,3 +14,18 @@ CREATE OR REPLACE VIEW windows AS SELECT * FROM {{source:windows}};
 CREATE OR REPLACE VIEW alerts AS SELECT * FROM {{source:alerts}};
 -- Idle GPU cost lives in costs with record_type = 'idle' (reservation-based, not busy time).
 CREATE OR REPLACE VIEW idle_cost AS SELECT * FROM costs WHERE record_type = 'idle';
+-- window_share: each window's external share over all its keys (every revision summed).
+-- Window rows hold one key each, merged on several partitions, so the share lives here.
+CREATE OR REPLACE VIEW window_share AS
+SELECT
+    window_start, any_value(window_end) AS window_end,
+    sum(requests) AS requests,
+    coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0) AS external_requests,
+    sum(cost) AS cost,
+    coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS external_cost,
+    coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0)
+        / nullif(sum(requests), 0) AS external_share_requests,
+    CAST(coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS DOUBLE)
+        / nullif(CAST(sum(cost) AS DOUBLE), 0) AS external_share_cost
+FROM windows
+GROUP BY window_start;
