@@ -132,10 +132,18 @@ class GpuSampler:
                 lambda: float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
             ),
             "interval_s": self.interval_s,
+            "gpu_fraction": None,
         }
         return [row, *self._read_mig(handle, row)]
 
     def _read_mig(self, handle: Any, parent: dict[str, Any]) -> list[dict[str, Any]]:
+        """The MIG instances of a GPU in MIG mode, each with its share of the physical GPU.
+
+        A physical GPU must be charged once (docs/architecture.md, GPU cost): each instance
+        stands for its memory share (`gpu_fraction`) and gets that share of the GPU's power;
+        the parent row keeps the unpartitioned rest. NVML reads energy only for the whole GPU,
+        so every row is costed from its power share and the counter is left out.
+        """
         mode = _field(lambda: pynvml.nvmlDeviceGetMigMode(handle))
         if not mode or mode[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
             return []
@@ -165,6 +173,18 @@ class GpuSampler:
                 "energy_mj": None,
                 "temperature_c": None,
             })
+        total = parent["memory_total_bytes"]
+        if not rows or not total:
+            return rows
+        power = parent["power_w"]
+        for row in rows:
+            share = min(1.0, (row["memory_total_bytes"] or 0) / total)
+            row["gpu_fraction"] = share
+            row["power_w"] = None if power is None else power * share
+        rest = max(0.0, 1.0 - sum(row["gpu_fraction"] for row in rows))
+        parent["gpu_fraction"] = rest
+        parent["power_w"] = None if power is None else power * rest
+        parent["energy_mj"] = None
         return rows
 
 

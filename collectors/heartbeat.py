@@ -14,7 +14,8 @@ from confluent_kafka import Producer
 
 from costpipe.core.kafka_clients import confluent_producer
 from costpipe.core.settings import Settings
-from costpipe.schemas.codec import HEARTBEAT_RECORD, WATERMARK_HEADER, encode_arrow, headers_for
+from costpipe.schemas.codec import encode_arrow
+from costpipe.schemas.envelope import heartbeat_headers
 from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 
@@ -28,8 +29,7 @@ def send_watermark(settings: Settings, until: dt.datetime, *, timeout: float = 3
         metadata = producer.list_topics(topic, timeout=timeout).topics.get(topic)
         partitions = sorted(metadata.partitions) if metadata and metadata.partitions else [0]
         payload = encode_arrow(schema.empty_table())
-        headers = [*headers_for("arrow", HEARTBEAT_RECORD),
-                   (WATERMARK_HEADER, str(until_us).encode())]
+        headers = heartbeat_headers(until_us)
         for partition in partitions:
             producer.produce(topic, value=payload, partition=partition, headers=headers)
             sent += 1

@@ -1,9 +1,9 @@
 """The one Kafka producer every collector uses: Arrow envelopes, never blocks, never loses.
 
-Why this shape (DESIGN: batch on the wire): workers run ~100x faster on Arrow IPC batches than
-on one event per message, so callers hand events to an in-memory queue (a deque append, about
-a microsecond) and a background thread groups them into envelopes of at most `max_rows` rows /
-`max_bytes` bytes or `linger_s` seconds, whichever comes first.
+Why this shape (docs/decisions/2026-11-25-arrow-envelopes.md): workers run ~100x faster on
+Arrow IPC batches than on one event per message, so callers hand events to an in-memory queue
+(a deque append, about a microsecond) and a background thread groups them into envelopes of at
+most `max_rows` rows / `max_bytes` bytes or `linger_s` seconds, whichever comes first.
 
 No loss: an envelope Kafka refuses (broker unreachable, delivery timeout, local queue full,
 shutdown with messages still in flight) is journaled to a local spool (see `spool.py`); while
@@ -13,14 +13,18 @@ earlier run of the collector. If the in-memory queue itself is full (sender thre
 the caller spills the queue to the spool instead of dropping. Only a hard kill loses what is
 still in memory (at most `linger_s` worth of events).
 
-Keys: envelopes rotate over `key_slots` keys ("<host>/<slot>") so they spread over partitions
-while each slot keeps its order. Nothing downstream needs per-GPU or per-host ordering:
-costing joins requests and GPU samples by time bucket, and dedup is by id.
+Routing: every row goes to its home partition, Kafka's murmur2 partition of its routing value
+(`request_id` for requests, `gpu_uuid` for GPU samples; `costpipe.schemas.envelope`), so a
+request id sent twice (a retry through another collector, a replay) always meets its first copy
+in one partition, where the worker de-duplicates it. Rows are grouped per partition into
+envelopes; each envelope's key is its first row's routing value, so the murmur2 partitioner puts
+it, and its replay from the spool, in that partition.
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import json
 import logging
 import os
@@ -29,24 +33,27 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from costpipe.core import metrics
 from costpipe.collectors.spool import Spool, SpoolBusyError, SpoolRecord
+from costpipe.core import metrics
 from costpipe.core.kafka_clients import confluent_producer
 from costpipe.core.settings import Settings
-from costpipe.schemas.codec import conform, encode_envelopes, headers_for
+from costpipe.schemas.codec import conform, encode_arrow, encode_envelopes
+from costpipe.schemas.envelope import headers_for, heartbeat_headers, home_partitions
 from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 log = logging.getLogger(__name__)
 
 REPLAY_CHUNK = 256
+ROUTE_BY = {"request_event": "request_id", "gpu_sample": "gpu_uuid"}  # the home of a row
 MAX_BACKOFF_S = 5.0
 
 
@@ -82,17 +89,27 @@ class BatchingProducer:
         linger_s: float = 0.2,
         max_queue: int = 200_000,
         delivery_timeout_s: float = 15.0,
-        key_slots: int = 32,
+        route_by: str | None = "auto",
+        heartbeat: bool | None = None,
     ) -> None:
         self.topic = topic
         self.schema = pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
-        self._record = record
         self._headers = headers_for("arrow", record)
         self._max_rows = max_rows or settings.kafka.envelope_rows
         self._max_bytes = max_bytes or settings.kafka.envelope_bytes
         self._linger_s, self._max_queue = linger_s, max_queue
         self._key_prefix = f"{socket.gethostname()}/".encode()
-        self._key_slots, self._key_counter = key_slots, 0
+        self._route_by = ROUTE_BY.get(record) if route_by == "auto" else route_by
+        # Idle heartbeats from request producers only: a GPU sampler reports all the time,
+        # and one host's heartbeat cannot speak for other hosts' GPUs.
+        wanted = record == "request_event" if heartbeat is None else heartbeat
+        self._heartbeat_s = settings.collectors.heartbeat_seconds if wanted else 0.0
+        self._heartbeat_lag_us = int(settings.collectors.heartbeat_lag_seconds * 1_000_000)
+        self._last_emit = self._last_heartbeat = time.monotonic()
+        self._hold_back: Callable[[], dt.datetime | None] | None = None
+        self._empty = encode_arrow(self.schema.empty_table())
+        self._partitions = settings.topics.partitions  # refreshed from the topic's metadata
+        self._partitions_at = float("-inf")
         self._metrics = metrics
         self._labels = (topic,)
         self._bytes_at = float("-inf")
@@ -102,6 +119,7 @@ class BatchingProducer:
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "queue.buffering.max.messages": 100_000,
                 "reconnect.backoff.max.ms": 1000,
+                "partitioner": "murmur2_random",  # Java's default: key -> home partition
                 "logger": logging.getLogger("costpipe.kafka.producer"),
             },
         )
@@ -134,6 +152,7 @@ class BatchingProducer:
 
     def emit(self, event: Mapping[str, Any]) -> None:
         """Queue one event; returns at once (the sender thread does the work)."""
+        self._last_emit = time.monotonic()
         queue = self._queue
         queue.append(event)
         queued = len(queue)
@@ -146,12 +165,18 @@ class BatchingProducer:
         """Queue a whole Arrow batch (columns missing from it are sent as nulls)."""
         if batch.num_rows == 0:
             return
+        self._last_emit = time.monotonic()
         self._queue.append(batch)
         self._queued_rows += batch.num_rows
         if self._queued_rows >= self._max_rows:  # else the linger bound sends it
             self._wake.set()
         if len(self._queue) >= self._max_queue:
             self._spill()
+
+    def hold_back(self, oldest_in_flight: Callable[[], dt.datetime | None]) -> None:
+        """Heartbeats never claim event time past what this returns (the start of the oldest
+        call still in flight, whose event will be stamped with it)."""
+        self._hold_back = oldest_in_flight
 
     def flush(self, timeout: float = 30.0) -> None:
         """Send everything queued; try to replay the spool; what is left stays spooled."""
@@ -195,10 +220,12 @@ class BatchingProducer:
             try:
                 # Woken by a full envelope's worth of rows: the remainder waits for more rows
                 # or for the linger bound. A timeout, flush or stop sends everything.
+                self._refresh_partitions()
                 self._drain(keep_tail=woken and not replaying and not self._flushes
                             and not self._stop.is_set())
                 self._producer.poll(0)
                 self._replay_step()
+                self._maybe_heartbeat()
                 if self._flushes:
                     self._serve_flushes()
                 if self._metrics:
@@ -208,6 +235,26 @@ class BatchingProducer:
             if self._stop.is_set():
                 self._shutdown()
                 return
+
+    def _maybe_heartbeat(self) -> None:
+        """Idle for heartbeat_seconds with nothing queued or spooled: tell every partition
+        that event time has reached now - heartbeat_lag (sent after all data, in order)."""
+        now = time.monotonic()
+        if (self._heartbeat_s <= 0 or now - self._last_emit < self._heartbeat_s
+                or now - self._last_heartbeat < self._heartbeat_s or self._queue
+                or not self._spool.empty or self._replay is not None):
+            return
+        self._last_heartbeat = now
+        until = int(time.time() * 1_000_000) - self._heartbeat_lag_us
+        oldest = self._hold_back() if self._hold_back is not None else None
+        if oldest is not None:
+            until = min(until, int(oldest.timestamp() * 1_000_000))
+        try:
+            for partition in range(self._partitions):
+                self._producer.produce(self.topic, value=self._empty, partition=partition,
+                                       headers=heartbeat_headers(until))
+        except (BufferError, KafkaException):
+            pass  # heartbeats are not data: the next one will do
 
     def _update_gauges(self) -> None:
         metrics.QUEUE_DEPTH.labels(*self._labels).set(len(self._queue))
@@ -221,37 +268,40 @@ class BatchingProducer:
     def _drain(self, keep_tail: bool = False) -> None:
         """Turn queued items into envelopes of up to max_rows rows, in queue order.
 
-        Consecutive items are coalesced (events and batches alike): the worker's cost is mostly
-        per message, so a caller that hands over many small batches still gets full envelopes.
-        Items are popped one at a time (the caller may spill the same deque concurrently), and
-        whatever was popped is dispatched even if a later step fails.
+        Consecutive items are coalesced (events and batches alike) and grouped per home
+        partition: the worker's cost is mostly per message, so a caller that hands over many
+        small batches still gets full envelopes. With `keep_tail`, a partition's rows short of
+        a full envelope stay queued (first in line for the next drain). Items are popped one at
+        a time (the caller may spill the same deque concurrently), and whatever was popped is
+        dispatched even if a later step fails.
         """
         queue = self._queue
         self._queued_rows = 0
         events: list[Mapping[str, Any]] = []
-        tables: list[pa.Table] = []
-        rows = 0
+        pending: dict[int, list[pa.Table]] = {}
+        counts: dict[int, int] = {}
 
         def take(table: pa.Table | None) -> None:
-            nonlocal rows
             if table is None or table.num_rows == 0:
                 return
-            tables.append(table)
-            rows += table.num_rows
-            if rows >= self._max_rows:
-                ship(keep_tail=True)
+            for partition, part in self._by_partition(table):
+                pending.setdefault(partition, []).append(part)
+                counts[partition] = counts.get(partition, 0) + part.num_rows
+                if counts[partition] >= self._max_rows:
+                    ship(partition, keep_tail=True)
 
-        def ship(keep_tail: bool) -> None:
-            nonlocal rows, tables
+        def ship(partition: int, keep_tail: bool) -> None:
+            tables = pending.pop(partition, [])
+            counts.pop(partition, None)
             if not tables:
                 return
             whole = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            tables, rows = [], 0
             full = whole.num_rows - whole.num_rows % self._max_rows if keep_tail \
                 else whole.num_rows
             self._dispatch(whole.slice(0, full))
             if full < whole.num_rows:
-                tables, rows = [whole.slice(full)], whole.num_rows - full
+                pending[partition] = [whole.slice(full)]
+                counts[partition] = whole.num_rows - full
 
         try:
             while True:
@@ -276,10 +326,39 @@ class BatchingProducer:
         finally:
             if events:
                 take(self._to_batch(events))
-            ship(keep_tail=keep_tail)
-            if tables:  # less than one envelope, kept back: first in line for the next drain
-                queue.appendleft(tables[0])
-                self._queued_rows += rows
+            for partition in list(pending):
+                ship(partition, keep_tail=keep_tail)
+            for tables in pending.values():  # short of an envelope, kept back for next drain
+                queue.appendleft(tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+                self._queued_rows += sum(t.num_rows for t in tables)
+
+    def _by_partition(self, table: pa.Table) -> list[tuple[int, pa.Table]]:
+        """(home partition, its rows) for a conformed table; one group when not routed."""
+        if self._route_by is None or self._partitions <= 1:
+            return [(0, table)]
+        homes = home_partitions(table.column(self._route_by), self._partitions)
+        if (homes == homes[0]).all():
+            return [(int(homes[0]), table)]
+        order = np.argsort(homes, kind="stable")
+        table, homes = table.take(pa.array(order)), homes[order]
+        starts = np.flatnonzero(np.r_[True, homes[1:] != homes[:-1]])
+        ends = np.r_[starts[1:], len(homes)]
+        return [(int(homes[a]), table.slice(int(a), int(b - a)))
+                for a, b in zip(starts, ends, strict=True)]
+
+    def _refresh_partitions(self) -> None:
+        """The topic's real partition count (it may differ from settings on an existing
+        cluster); checked at most once a minute, kept when the broker does not answer."""
+        now = time.monotonic()
+        if self._route_by is None or now - self._partitions_at < 60.0:
+            return
+        self._partitions_at = now
+        try:
+            topic = self._producer.list_topics(self.topic, timeout=0.5).topics.get(self.topic)
+        except KafkaException:
+            return
+        if topic is not None and topic.partitions and topic.error is None:
+            self._partitions = len(topic.partitions)
 
     def _to_batch(self, events: list[Mapping[str, Any]]) -> pa.Table | None:
         try:
@@ -306,18 +385,26 @@ class BatchingProducer:
                     self.topic, reason)
 
     def _dispatch(self, table: pa.Table | None) -> None:
+        """Send one partition's rows as envelopes keyed by their first row's routing value."""
         if table is None or table.num_rows == 0:
             return
+        start = 0
         for payload, rows in encode_envelopes(table, self._max_rows, self._max_bytes):
+            key = self._routing_key(table, start)
+            start += rows
             try:
-                self._send_envelope(payload, rows)
+                self._send_envelope(key, payload, rows)
             except Exception:  # never drop what left the queue: the replay sends it later
                 log.exception("sending to %s failed; spooling %d events", self.topic, rows)
-                self._to_spool([(self._key_prefix + b"spill", payload, rows)])
+                self._to_spool([(key, payload, rows)])
 
-    def _send_envelope(self, payload: bytes, rows: int) -> None:
-        key = self._key_prefix + str(self._key_counter % self._key_slots).encode()
-        self._key_counter += 1
+    def _routing_key(self, table: pa.Table, row: int) -> bytes:
+        if self._route_by is None:
+            return self._key_prefix
+        value = table.column(self._route_by)[row].as_py()
+        return b"" if value is None else str(value).encode()
+
+    def _send_envelope(self, key: bytes, payload: bytes, rows: int) -> None:
         if not self._spool.empty or self._replay is not None:
             self._to_spool([(key, payload, rows)])  # keep order behind what is spooled
             return
@@ -442,8 +529,12 @@ class BatchingProducer:
             tables = [self._conform(t) for t in taken if not isinstance(t, Mapping)]
             batch = self._to_batch(events) if events else None
             for table in [*(t for t in [batch] if t is not None), *tables]:
-                records.extend((self._key_prefix + b"spill", payload, rows) for payload, rows
-                               in encode_envelopes(table, self._max_rows, self._max_bytes))
+                for _partition, part in self._by_partition(table):
+                    start = 0
+                    for payload, rows in encode_envelopes(part, self._max_rows,
+                                                          self._max_bytes):
+                        records.append((self._routing_key(part, start), payload, rows))
+                        start += rows
             self._to_spool(records)
             log.warning("producer queue for %s full: %d events spilled to the spool",
                         self.topic, sum(r[2] for r in records))

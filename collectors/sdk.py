@@ -14,6 +14,7 @@ are recorded, never prompt or response text (there is no parameter that could ca
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import itertools
@@ -53,6 +54,23 @@ class _State:
     producer: BatchingProducer | None = None
     tags: dict[str, str] = {}
     kinds: dict[str, str] = {}
+    inflight: set[Tracker] = set()  # started, not finished: heartbeats wait for them
+
+
+HOLD_BACK_LIMIT_US = 3600 * 1_000_000  # a tracker never finished stops holding back after 1 h
+
+
+def _oldest_in_flight() -> dt.datetime | None:
+    """Start of the oldest tracked call still running (its event will carry that time)."""
+    try:
+        starts = [t._ts_us for t in list(_State.inflight)]
+    except RuntimeError:  # the caller's thread changed the set meanwhile: try next time
+        return dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    now = time.time_ns() // 1000
+    live = [s for s in starts if now - s < HOLD_BACK_LIMIT_US]
+    if not live:
+        return None
+    return dt.datetime.fromtimestamp(min(live) / 1e6, dt.UTC)
 
 
 def configure(
@@ -71,6 +89,7 @@ def _producer() -> BatchingProducer:
     producer = _State.producer
     if producer is None:
         producer = _State.producer = producer_for(_settings(), "requests")
+        producer.hold_back(_oldest_in_flight)
     return producer
 
 
@@ -144,10 +163,12 @@ class Tracker:
     def start(self) -> Tracker:
         self._ts_us = time.time_ns() // 1000
         self._start = time.perf_counter()
+        _State.inflight.add(self)
         return self
 
     def finish(self, error: BaseException | None = None) -> None:
         latency_ms = (time.perf_counter() - self._start) * 1000.0
+        _State.inflight.discard(self)
         event = self.event
         event["request_id"] = f"{_Ids.prefix}-{next(_Ids.counter):x}"
         event["timestamp"] = self._ts_us

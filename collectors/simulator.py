@@ -36,8 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import Settings
-from costpipe.schemas.records import GPU_SAMPLE, MONEY_QUANTUM, REQUEST_EVENT
+from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 MTOK = Decimal(1_000_000)
 US = 1_000_000
@@ -231,7 +232,6 @@ class _Fleet:
         self.kinds = pa.array(["internal" if r.internal else "external" for r in self.routes])
         self.operations = pa.array([w.name for w in WORKLOADS], pa.string())
         self.gen_ai_ops = pa.array([w.gen_ai_operation for w in WORKLOADS], pa.string())
-        self.is_internal_route = np.array([r.internal for r in self.routes])
         self.anthropic_route = np.array([r.provider == "anthropic" for r in self.routes])
         # per workload: cumulative weights over its external / internal route indices
         self.ext_choices = [self._choices(w.external) for w in WORKLOADS]
