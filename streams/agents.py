@@ -1,68 +1,101 @@
 """Faust agents wiring the pure stages together (one job each, all batch-at-a-time).
 
 requests --costing--> costs (external rows) + partials + gpuwork (own-model rows)
-gpu --gpu_forward--> gpuwork (keeps samples and own-model requests in one order)
+gpu --gpu_forward--> gpuwork (samples, keyed by GPU)
 gpuwork --allocator--> costs (allocated, idle, correction rows) + partials
-partials --merger--> windows --alerting--> alerts (+ log, webhook)
-Anything undecodable or invalid --> deadletter.
+partials --merger--> windows --alerting--> alerts --webhook--> the alert webhook
+Anything undecodable, invalid, duplicated or failing a stage --> deadletter.
+
+Every stage is keyed and runs once per partition of its input (docs/architecture.md): requests
+by request_id, gpuwork by GPU, partials by window key, costs by record_id. Only alerting is one
+instance: budgets and shares are over all keys, and its input is small (one row per window and
+key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
 from typing import Any
 
 import faust
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import costpipe.streams.health  # noqa: F401  (registers the consumer lag timer)
-from costpipe.core.metrics import STAGE
+import costpipe.streams.health
+import costpipe.streams.watchdog  # noqa: F401  (registers the progress watchdog)
+from costpipe.core import limits
+from costpipe.core.metrics import COST_RECORDS, DUPLICATE_REQUESTS, STAGE
 from costpipe.core.settings import get_settings
-from costpipe.schemas.codec import (
+from costpipe.lake.layout import open_lake
+from costpipe.schemas import envelope
+from costpipe.schemas.codec import conform, decode, encode_arrow, encode_envelopes
+from costpipe.schemas.envelope import (
     ARROW,
     HEARTBEAT_RECORD,
+    OFFSET_HEADER,
+    SOURCE_HEADER,
     WATERMARK_HEADER,
-    conform,
-    decode,
-    encode_arrow,
-    encode_envelopes,
     header_value,
     headers_for,
+    home_partitions,
 )
 from costpipe.schemas.records import COST_RECORD, GPU_SAMPLE, REQUEST_EVENT
 from costpipe.streams.alerts import AlertEngine, alerts_table, post_webhook
 from costpipe.streams.allocation.allocator import GpuAllocator
 from costpipe.streams.app import app, raw_topic
 from costpipe.streams.costing import cost_records
-from costpipe.streams.deadletter import dead_letter_message, dead_letters
-from costpipe.streams.windows import WindowMerger, partials
+from costpipe.streams.deadletter import (
+    dead_letter_message,
+    dead_letters,
+    duplicate_letters,
+    failure_letter,
+    guarded,
+)
+from costpipe.streams.dedup import IndexJournal, RequestIdIndex, index_from_journal
+from costpipe.streams.outputs import Outputs, split_by
+from costpipe.streams.state import PartitionView, forget_local
+from costpipe.streams.windows import WindowMerger
 
 log = logging.getLogger("costpipe.streams")
 settings = get_settings()
 topics = settings.topics
-
-requests_topic = raw_topic(topics.requests)
-gpu_topic = raw_topic(topics.gpu)
-costs_topic = raw_topic(topics.costs)
+P = topics.partitions
 _counts = topics.partition_counts()
+
+requests_topic = raw_topic(topics.requests, partitions=P)
+gpu_topic = raw_topic(topics.gpu, partitions=P)
+costs_topic = raw_topic(topics.costs, partitions=P)
 partials_topic = raw_topic(topics.partials, partitions=_counts[topics.partials])
 gpuwork_topic = raw_topic(topics.gpuwork, partitions=_counts[topics.gpuwork])
-windows_topic = raw_topic(topics.windows)
-alerts_topic = raw_topic(topics.alerts)
-deadletter_topic = raw_topic(topics.deadletter)
+windows_topic = raw_topic(topics.windows, partitions=P)
+alerts_topic = raw_topic(topics.alerts, partitions=P)
+deadletter_topic = raw_topic(topics.deadletter, partitions=P)
 
 # JSON both ways: Faust's changelog recovery decodes values as JSON whatever the schema says,
-# so state values are JSON-native (dicts, strings), never raw bytes.
+# so state values are JSON-native (dicts, strings), never raw bytes (faust_workarounds).
 _STATE = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
-allocator_table = app.Table("gpu-allocator", default=None, schema=_STATE, partitions=1)
-merger_table = app.Table("window-merger", default=None, schema=_STATE, partitions=1)
+allocator_table = app.Table("gpu-allocator", default=None, schema=_STATE,
+                            partitions=_counts[topics.gpuwork])
+merger_table = app.Table("window-merger", default=None, schema=_STATE,
+                         partitions=_counts[topics.partials])
+alerting_table = app.Table("alerting", default=None, schema=_STATE, partitions=P)
 
-SOURCE_HEADER = "costpipe-source"
-OFFSET_HEADER = "costpipe-source-offset"
-PART_HEADER = "costpipe-part"  # "i/n": a partials message split in n (only the last is final)
+ENVELOPE_ROWS = settings.kafka.envelope_rows
+ENVELOPE_BYTES = settings.kafka.envelope_bytes
+MAX_MESSAGE_BYTES = limits.max_message_bytes(settings.kafka)
+RETRIES = settings.ingest.poison_retries
+ALERT_STATE_SECONDS = 2.0  # how often alerting saves its state (and acknowledges its input)
+outputs = Outputs(costs=costs_topic, partials=partials_topic, gpuwork=gpuwork_topic,
+                  windows_seconds=settings.windows.seconds, partitions=_counts,
+                  envelope_rows=ENVELOPE_ROWS, envelope_bytes=ENVELOPE_BYTES)
 _background: set[asyncio.Task[Any]] = set()
+
+
+# ------------------------------------------------------------------ shared steps
 
 
 def _raw_rows(value: bytes | None) -> pa.RecordBatch | None:
@@ -72,26 +105,38 @@ def _raw_rows(value: bytes | None) -> pa.RecordBatch | None:
         return None
 
 
+async def _send_letters(letters: pa.RecordBatch, topic: str) -> None:
+    value, headers = dead_letter_message(letters)
+    await deadletter_topic.send(key=topic.encode(), value=value, headers=headers)
+
+
 async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatch | None:
     message = event.message
-    decoded = decode(event.value, event.headers, schema)
+    decoded = decode(event.value, event.headers, schema, max_bytes=MAX_MESSAGE_BYTES,
+                     ingest=settings.ingest)
     letters = dead_letters(decoded, event.value, _raw_rows(event.value)
                            if any(r.row is not None for r in decoded.rejections) else None,
                            message.topic, message.partition, message.offset)
     if letters is not None:
-        value, headers = dead_letter_message(letters)
-        await deadletter_topic.send(key=message.topic.encode(), value=value, headers=headers)
+        await _send_letters(letters, message.topic)
         log.warning("dead-lettered %d problem(s) from %s[%d]@%d: %s", letters.num_rows,
                     message.topic, message.partition, message.offset, decoded.rejections[0])
     return decoded.batch if decoded.batch.num_rows else None
 
 
-# As the collectors' producer: the worker's cost is mostly per message, so big envelopes.
-ENVELOPE_ROWS = settings.kafka.envelope_rows
-ENVELOPE_BYTES = settings.kafka.envelope_bytes
+async def _process(stage: str, event: Any, work: Any) -> None:
+    """Run one message's work; a message that keeps failing goes to the dead letters."""
+    message = event.message
 
+    async def failed(error: BaseException, attempts: int) -> None:
+        letter = failure_letter(stage, attempts, error, message.topic, message.partition,
+                                message.offset, header_value(event.headers, "costpipe-encoding"),
+                                event.value)
+        await _send_letters(letter, message.topic)
+        log.error("%s: %s[%d]@%d failed %d times; dead-lettered, moving on", stage,
+                  message.topic, message.partition, message.offset, attempts)
 
-CAUGHT_UP_HEADER = "costpipe-caught-up"
+    await guarded(stage, RETRIES, lambda: work(event), failed)
 
 
 def _caught_up(msg: Any) -> bool:
@@ -103,163 +148,421 @@ def _caught_up(msg: Any) -> bool:
     return high is None or msg.offset + 1 >= high
 
 
-def _heartbeat(event: Any) -> int | None:
-    """Watermark of a heartbeat envelope (collectors.heartbeat), None for ordinary events."""
-    if header_value(event.headers, "costpipe-record") != HEARTBEAT_RECORD:
-        return None
-    text = header_value(event.headers, WATERMARK_HEADER)
-    return int(text) if text and text.isdigit() else None
+def _count_costs(table: pa.Table) -> None:
+    if table.num_rows:
+        kinds = pc.value_counts(table.column("record_type")).to_pylist()
+        for item in kinds:
+            COST_RECORDS.labels(item["values"]).inc(item["counts"])
 
 
-async def _emit_costs(table: pa.Table, source: str, offset: int, watermark: int | None) -> None:
-    if table.num_rows == 0 and watermark is None:
-        return
-    table = conform(table, COST_RECORD)
-    # Envelopes of at most ENVELOPE_ROWS rows: a heartbeat that closes a large own-model
-    # backlog must not become one message over the producer's max request size.
-    for payload, _ in encode_envelopes(table, ENVELOPE_ROWS, ENVELOPE_BYTES):
-        await costs_topic.send(key=source.encode(), value=payload,
-                               headers=headers_for(ARROW, "cost_record"))
-    # Partials of one source message may also exceed the request limit (100k keys at half
-    # the maximum rate: 21 MB from the allocator). They go in parts; the merger marks the
-    # source offset applied only with the last part, which alone carries the watermark.
-    summed = partials(table, settings.windows.seconds)
-    parts = [payload for payload, _ in encode_envelopes(summed, ENVELOPE_ROWS, ENVELOPE_BYTES)]
-    parts = parts or [encode_arrow(summed)]  # no rows: still sent, for the watermark
-    for number, payload in enumerate(parts, start=1):
-        headers = [*headers_for(ARROW, "partial"), (SOURCE_HEADER, source.encode()),
-                   (OFFSET_HEADER, str(offset).encode())]
-        if len(parts) > 1:
-            headers.append((PART_HEADER, f"{number}/{len(parts)}".encode()))
-        if watermark is not None and number == len(parts):
-            headers.append((WATERMARK_HEADER, str(watermark).encode()))
-        await partials_topic.send(key=source.encode(), value=payload, headers=headers)
+class _PerPartition:
+    """One stage object per assigned partition, rebuilt after every rebalance."""
+
+    def __init__(self, make: Any, table: Any = None) -> None:
+        self.make, self.table = make, table
+        self.items: dict[int, Any] = {}
+        self.generation: int | None = None
+
+    def get(self, message: Any) -> Any:
+        if message.generation_id != self.generation:
+            if self.generation is not None and self.table is not None:
+                owned = {tp.partition for tp in app.consumer.assignment()
+                         if tp.topic == message.topic}
+                forget_local(self.table, set(self.items) - owned)
+            self.items.clear()
+            self.generation = message.generation_id
+        item = self.items.get(message.partition)
+        if item is None:
+            item = self.items[message.partition] = self.make(message.partition)
+        return item
+
+
+# ------------------------------------------------------------------ costing
+
+
+class _Dedup:
+    """The request-id index and journal of one requests partition (`costpipe.streams.dedup`)."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.journal = IndexJournal(open_lake(settings.lake.location, settings.lake),
+                                    topics.requests, partition)
+        self.index: RequestIdIndex | None = None
+        self.horizon_us = settings.ingest.dedup_horizon_seconds * 1_000_000
+
+    async def ready(self, first_offset: int) -> RequestIdIndex:
+        """Load the journal, then read the partition's messages it does not cover yet."""
+        if self.index is None:
+            rows, last = await asyncio.to_thread(self.journal.load, self.horizon_us)
+            index = index_from_journal(rows, self.horizon_us)
+            if last + 1 < first_offset:
+                await asyncio.to_thread(_read_gap, index, self.partition, last + 1,
+                                        first_offset)
+            self.index = index
+        return self.index
+
+    async def flush(self, force: bool = False) -> None:
+        if force or self.journal.due():
+            taken = self.journal.take()
+            if taken is not None:
+                await asyncio.to_thread(self.journal.write, *taken)
+
+
+def _read_gap(index: RequestIdIndex, partition: int, start: int, end: int) -> None:
+    """Add the ids of requests[partition] offsets start..end-1 to `index` (their first copies
+    were costed by an earlier owner after its journal's last segment)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from costpipe.core.kafka_clients import confluent_consumer
+
+    consumer = Consumer(confluent_consumer(settings, f"{settings.servers.worker_group}-dedup",
+                                           **{"enable.auto.commit": False}))
+    consumer.assign([TopicPartition(topics.requests, partition, start)])
+    deadline = time.monotonic() + 120
+    try:
+        position = start
+        while position < end and time.monotonic() < deadline:
+            for message in consumer.consume(500, 1.0):
+                if message.error() or message.offset() >= end:
+                    position = max(position, message.offset() + 1)
+                    continue
+                position = message.offset() + 1
+                batch = decode(message.value(), message.headers(), REQUEST_EVENT,
+                               ingest=settings.ingest).batch
+                if batch.num_rows:
+                    homes = home_partitions(batch.column("request_id"), P)
+                    batch = batch.filter(pa.array(homes == partition))
+                    index.check(batch.column("request_id"),
+                                batch.column("timestamp").cast(pa.int64()).to_numpy(),
+                                message.offset())
+    finally:
+        consumer.close()
+
+
+dedups = _PerPartition(_Dedup)
+
+
+async def _reroute(batch: pa.RecordBatch, homes: np.ndarray, msg: Any, topic: Any,
+                   record: str, key: str) -> pa.RecordBatch:
+    """Send rows that arrived outside their home partition there (a third-party producer that
+    keyed them otherwise); returns the rows that are at home. Each request id must meet its
+    copies in one partition, and each GPU's samples must arrive in order."""
+    if (homes == msg.partition).all():
+        return batch
+    table = pa.Table.from_batches([batch])
+    for partition, rows in enumerate(split_by(table, homes, P)):
+        if rows.num_rows == 0 or partition == msg.partition:
+            continue
+        for payload, _ in encode_envelopes(rows, ENVELOPE_ROWS, ENVELOPE_BYTES):
+            await topic.send(
+                key=str(rows.column(key)[0].as_py()).encode(), value=payload,
+                partition=partition,
+                headers=[*headers_for(ARROW, record),
+                         ("costpipe-rerouted-from",
+                          f"{msg.topic}:{msg.partition}:{msg.offset}".encode())])
+    return batch.filter(pa.array(homes == msg.partition))
+
+
+async def _cost(event: Any) -> None:
+    msg = event.message
+    dedup = dedups.get(msg)
+    index = await dedup.ready(msg.offset)
+    heartbeat = envelope.heartbeat(event.headers)
+    batch = await _decode_or_dead_letter(event, REQUEST_EVENT)
+    if batch is None:
+        if heartbeat is None:
+            return
+        batch = pa.RecordBatch.from_pylist([], schema=REQUEST_EVENT)
+    ts = batch.column("timestamp").cast(pa.int64())
+    watermark = heartbeat if heartbeat is not None else pc.max(ts).as_py()
+    if batch.num_rows:
+        batch = await _reroute(batch, home_partitions(batch.column("request_id"), P), msg,
+                               requests_topic, "request_event", "request_id")
+        duplicate, first = index.check(batch.column("request_id"),
+                                       batch.column("timestamp").cast(pa.int64()).to_numpy(),
+                                       msg.offset)
+        if duplicate.any():
+            dupes = pa.Table.from_batches([batch]).filter(pa.array(duplicate))
+            DUPLICATE_REQUESTS.inc(dupes.num_rows)
+            await _send_letters(duplicate_letters(dupes, first[duplicate].tolist(), msg.topic,
+                                                  msg.partition, msg.offset), msg.topic)
+            batch = batch.filter(pa.array(~duplicate))
+        dedup.journal.record(batch.column("request_id"), msg.offset,
+                             batch.column("timestamp").cast(pa.int64()).to_numpy())
+    else:
+        dedup.journal.record(pa.array([], pa.string()), msg.offset, np.zeros(0, np.int64))
+    source = f"{msg.topic}:{msg.partition}"
+    external, pending = cost_records(batch, settings, msg.partition, msg.offset)
+    STAGE["costing"].rows_in(batch.num_rows)
+    STAGE["costing"].rows_out(external.num_rows + pending.num_rows)
+    caught_up = _caught_up(msg)
+    _count_costs(external)
+    await outputs.cost_records(external)
+    await outputs.window_partials(external, source, msg.offset, watermark, caught_up)
+    # Always sent to every GPU partition (maybe with no rows): it carries this partition's
+    # watermark, and whether more of it was already waiting (then it cannot be idle).
+    await outputs.gpu_work(conform(pending, COST_RECORD), "pending_cost",
+                           f"{source}:{msg.offset}", watermark, caught_up)
+    await dedup.flush()
 
 
 @app.agent(requests_topic, concurrency=1)
 async def costing(stream: Any) -> None:
     async for event in stream.events():
-        heartbeat = _heartbeat(event)
-        batch = await _decode_or_dead_letter(event, REQUEST_EVENT)
-        if batch is None:
-            if heartbeat is None:
-                continue
-            batch = pa.RecordBatch.from_pylist([], schema=REQUEST_EVENT)
-        msg = event.message
-        source = f"{msg.topic}:{msg.partition}"
-        external, pending = cost_records(batch, settings, msg.partition, msg.offset)
-        STAGE["costing"].rows_in(batch.num_rows)
-        STAGE["costing"].rows_out(external.num_rows + pending.num_rows)
-        watermark = heartbeat if heartbeat is not None else \
-            pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
-        await _emit_costs(external, source, msg.offset, watermark)
-        # Always sent (maybe with no rows): it carries this partition's watermark, and whether
-        # more of the partition was already waiting (then it cannot be idle, see note_requests).
-        await gpuwork_topic.send(
-            key=b"gpu", value=encode_arrow(conform(pending, COST_RECORD)),
-            headers=[*headers_for(ARROW, "pending_cost"),
-                     (SOURCE_HEADER, f"{source}:{msg.offset}".encode()),
-                     (WATERMARK_HEADER, str(watermark).encode()),
-                     (CAUGHT_UP_HEADER, b"1" if _caught_up(msg) else b"0")])
+        await _process("costing", event, _cost)
+
+
+@app.timer(interval=5.0)
+async def flush_dedup_journals() -> None:
+    """Write what the request-id journals hold when traffic is quiet."""
+    for dedup in list(dedups.items.values()):
+        await dedup.flush()
+
+
+# ------------------------------------------------------------------ GPU samples
+
+
+async def _forward(event: Any) -> None:
+    msg = event.message
+    source = f"{msg.topic}:{msg.partition}:{msg.offset}"
+    heartbeat = envelope.heartbeat(event.headers)
+    if heartbeat is not None:
+        for partition in range(_counts[topics.gpuwork]):
+            await gpuwork_topic.send(
+                key=b"heartbeat", value=encode_arrow(GPU_SAMPLE.empty_table()),
+                partition=partition,
+                headers=[*headers_for(ARROW, HEARTBEAT_RECORD), (SOURCE_HEADER, source.encode()),
+                         (WATERMARK_HEADER, str(heartbeat).encode())])
+        return
+    batch = await _decode_or_dead_letter(event, GPU_SAMPLE)
+    if batch is None:
+        return
+    batch = await _reroute(batch, home_partitions(batch.column("gpu_uuid"), P), msg,
+                           gpu_topic, "gpu_sample", "gpu_uuid")
+    if batch.num_rows == 0:
+        return
+    STAGE["gpu_forward"].rows_in(batch.num_rows)
+    STAGE["gpu_forward"].rows_out(batch.num_rows)
+    newest = pc.max(batch.column("timestamp").cast(pa.int64())).as_py()
+    await outputs.gpu_work(pa.Table.from_batches([batch]), "gpu_sample", source, newest)
 
 
 @app.agent(gpu_topic, concurrency=1)
 async def gpu_forward(stream: Any) -> None:
     async for event in stream.events():
-        msg = event.message
-        heartbeat = _heartbeat(event)
-        if heartbeat is not None:
-            await gpuwork_topic.send(
-                key=b"gpu", value=b"",
-                headers=[*headers_for(ARROW, HEARTBEAT_RECORD),
-                         (SOURCE_HEADER, f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
-                         (WATERMARK_HEADER, str(heartbeat).encode())])
-            continue
-        batch = await _decode_or_dead_letter(event, GPU_SAMPLE)
-        if batch is not None:
-            STAGE["gpu_forward"].rows_in(batch.num_rows)
-            STAGE["gpu_forward"].rows_out(batch.num_rows)
-            await gpuwork_topic.send(
-                key=b"gpu", value=encode_arrow(batch),
-                headers=[*headers_for(ARROW, "gpu_sample"),
-                         (SOURCE_HEADER, f"{msg.topic}:{msg.partition}:{msg.offset}".encode())])
+        await _process("gpu_forward", event, _forward)
+
+
+# ------------------------------------------------------------------ GPU allocation
+
+allocators = _PerPartition(
+    lambda p: GpuAllocator(settings, PartitionView(allocator_table, p), P), allocator_table)
+
+
+async def _allocate(event: Any) -> None:
+    msg = event.message
+    gpu = allocators.get(msg)
+    record = envelope.record_kind(event.headers)
+    source = header_value(event.headers, SOURCE_HEADER) or f"gpuwork:{msg.offset}"
+    number, count = envelope.part(event.headers)
+    final = number == count
+    if gpu.is_replay(source):
+        return  # re-forwarded after an upstream restart: already buffered or closed
+    stream = source.rsplit(":", 1)[0]
+    chunk = source if count == 1 else f"{source}/{number}"
+    watermark = envelope.watermark(event.headers)
+    late = None
+    if record == HEARTBEAT_RECORD:
+        gpu.note_samples_until(watermark or 0)
+    else:
+        table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+        STAGE["allocator"].rows_in(table.num_rows)
+        if record == "gpu_sample":
+            gpu.add_samples(table, chunk, stream if final else None)
+            if final:
+                gpu.note_gpu_source(watermark, stream)
+        else:
+            late = gpu.add_requests(conform(table, COST_RECORD), chunk)
+            if final:
+                gpu.note_requests(watermark, stream,
+                                  header_value(event.headers, "costpipe-caught-up") != "0")
+    out = gpu.close_ready()
+    if late is not None and late.num_rows:
+        out = pa.concat_tables([conform(late, COST_RECORD), out])
+    STAGE["allocator"].rows_out(out.num_rows)
+    _count_costs(out)
+    await outputs.cost_records(out)
+    await outputs.window_partials(out, f"{msg.topic}:{msg.partition}", msg.offset,
+                                  _allocator_mark(msg.partition, gpu))
+    if final:
+        gpu.mark_applied(source)
+
+
+_marks_sent: dict[int, tuple[int, float]] = {}  # gpuwork partition -> (mark, wall time)
+ALLOCATOR_MARK_SECONDS = 1.0
+
+
+def _allocator_mark(partition: int, gpu: GpuAllocator) -> int | None:
+    """How far this allocator's costs are complete, for the mergers: at most once a second
+    (it goes to every partials partition), and only when it moved."""
+    mark = gpu.outgoing_watermark()
+    last, at = _marks_sent.get(partition, (-(2**62), 0.0))
+    now = time.monotonic()
+    if mark is None or mark <= last or now - at < ALLOCATOR_MARK_SECONDS:
+        return None
+    _marks_sent[partition] = (mark, now)
+    return mark
 
 
 @app.agent(gpuwork_topic, concurrency=1)
 async def allocator(stream: Any) -> None:
-    gpu = GpuAllocator(settings, allocator_table)
-    generation = None
     async for event in stream.events():
-        msg = event.message
-        if msg.generation_id != generation:
-            if generation is not None:
-                gpu.reset()  # a rebalance: the table may have changed under the memory cache
-            generation = msg.generation_id
-        record = header_value(event.headers, "costpipe-record")
-        chunk = header_value(event.headers, SOURCE_HEADER) or f"gpuwork:{msg.offset}"
-        if gpu.is_replay(chunk):
-            continue  # re-forwarded after an upstream restart: already buffered or closed
-        if record == HEARTBEAT_RECORD:
-            gpu.note_samples_until(int(header_value(event.headers, WATERMARK_HEADER) or 0))
-            out = gpu.close_ready()
-            STAGE["allocator"].rows_out(out.num_rows)
-            await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
-            gpu.mark_applied(chunk)
-            continue
-        table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
-        STAGE["allocator"].rows_in(table.num_rows)
-        late = None
-        if record == "gpu_sample":
-            gpu.add_samples(table, chunk)
-        else:
-            late = gpu.add_requests(conform(table, COST_RECORD), chunk)
-            wm = header_value(event.headers, WATERMARK_HEADER)
-            gpu.note_requests(int(wm) if wm else None, chunk.rsplit(":", 1)[0],
-                              header_value(event.headers, CAUGHT_UP_HEADER) != "0")
-        out = gpu.close_ready()
-        if late is not None and late.num_rows:
-            out = pa.concat_tables([conform(late, COST_RECORD), out])
-        STAGE["allocator"].rows_out(out.num_rows)
-        await _emit_costs(out, f"{msg.topic}:{msg.partition}", msg.offset, None)
-        gpu.mark_applied(chunk)
+        await _process("allocator", event, _allocate)
+
+
+# ------------------------------------------------------------------ windows
+
+mergers = _PerPartition(
+    lambda p: WindowMerger(settings, PartitionView(merger_table, p), P), merger_table)
+_announced: dict[int, int] = {}  # merger partition -> closed-through last sent to alerting
+
+
+async def _merge(event: Any) -> None:
+    msg = event.message
+    merge = mergers.get(msg)
+    source = header_value(event.headers, SOURCE_HEADER) or "unknown"
+    offset = int(header_value(event.headers, OFFSET_HEADER) or msg.offset)
+    part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+    number, count = envelope.part(event.headers)
+    # The partials message offset names late-delta revisions of evicted windows.
+    closed = merge.apply(part, source, offset, envelope.watermark(event.headers),
+                         position=msg.offset, final=number == count,
+                         caught_up=header_value(event.headers, "costpipe-caught-up") != "0",
+                         allocator=source.startswith(f"{topics.gpuwork}:"))
+    STAGE["merger"].rows_in(part.num_rows)
+    STAGE["merger"].rows_out(closed.num_rows)
+    through = None if merge.watermark is None else merge.watermark - merge.lateness_us
+    marker = [] if through is None else [(WATERMARK_HEADER, str(through).encode()),
+                                         (SOURCE_HEADER, f"{msg.topic}:{msg.partition}".encode())]
+    for payload, _ in encode_envelopes(closed, ENVELOPE_ROWS, ENVELOPE_BYTES):
+        await windows_topic.send(key=b"windows", value=payload,
+                                 headers=[*headers_for(ARROW, "window_aggregate"), *marker])
+    window_us = merge.window_us
+    if through is not None and (closed.num_rows or through // window_us
+                                > _announced.get(msg.partition, -1) // window_us):
+        if not closed.num_rows:  # nothing closed here, but alerting must know we are past it
+            await windows_topic.send(key=b"windows", value=encode_arrow(closed),
+                                     headers=[*headers_for(ARROW, "window_aggregate"), *marker])
+        _announced[msg.partition] = through
 
 
 @app.agent(partials_topic, concurrency=1)
 async def merger(stream: Any) -> None:
-    merge = WindowMerger(settings, merger_table)
     async for event in stream.events():
-        source = header_value(event.headers, SOURCE_HEADER) or "unknown"
-        offset = int(header_value(event.headers, OFFSET_HEADER) or event.message.offset)
-        wm_text = header_value(event.headers, WATERMARK_HEADER)
-        part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
-        number, _, count = (header_value(event.headers, PART_HEADER) or "1/1").partition("/")
-        # The partials message offset names late-delta revisions of evicted windows.
-        closed = merge.apply(part, source, offset, int(wm_text) if wm_text else None,
-                             position=event.message.offset, final=number == count)
-        STAGE["merger"].rows_in(part.num_rows)
-        STAGE["merger"].rows_out(closed.num_rows)
-        # Envelopes of at most ENVELOPE_ROWS rows: a window with ~100k keys is one message over
-        # the 10 MB request limit otherwise. Shares are computed over the whole window before
-        # this split, and alerting evaluates chunks exactly as one message.
-        for payload, _ in encode_envelopes(closed, ENVELOPE_ROWS, ENVELOPE_BYTES):
-            await windows_topic.send(key=b"windows", value=payload,
-                                     headers=headers_for(ARROW, "window_aggregate"))
+        await _process("merger", event, _merge)
+
+
+# ------------------------------------------------------------------ alerts
+
+
+class _Alerting:
+    """The one alert engine, its state saved in a changelogged table with the input it covers:
+    messages are acknowledged only once the state that includes them is saved."""
+
+    def __init__(self) -> None:
+        self.engine: AlertEngine | None = None
+        self.marks: dict[str, int] = {}
+        self.generation: int | None = None
+        self.pending: list[Any] = []
+        self.saved_at = time.monotonic()
+
+    def load(self, generation: int) -> AlertEngine:
+        if self.engine is None or generation != self.generation:
+            saved = alerting_table.get("engine")
+            self.engine = AlertEngine.from_state(settings, saved and saved.get("engine"))
+            self.marks = dict((saved or {}).get("marks", {}))
+            self.generation = generation
+            self.pending.clear()
+        return self.engine
+
+    def complete_through(self) -> dt.datetime | None:
+        if len(self.marks) < _counts[topics.partials]:
+            return None
+        through = min(self.marks.values())
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=through)
+
+    async def save(self, stream: Any) -> None:
+        """Inside the stream's iteration only (a table write needs the current event)."""
+        if not self.pending or self.engine is None:
+            return
+        if time.monotonic() - self.saved_at < ALERT_STATE_SECONDS:
+            return
+        alerting_table["engine"] = {"engine": self.engine.to_state(), "marks": self.marks}
+        self.saved_at = time.monotonic()
+        pending, self.pending = self.pending, []
+        for event in pending:
+            await stream.ack(event)
+
+
+_alerting = _Alerting()
+
+
+async def _alert(event: Any) -> None:
+    engine = _alerting.load(event.message.generation_id)
+    source = header_value(event.headers, SOURCE_HEADER)
+    through = envelope.watermark(event.headers)
+    if source is not None and through is not None:
+        _alerting.marks[source] = max(through, _alerting.marks.get(source, through))
+    windows = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
+    fired = engine.on_windows(windows, _alerting.complete_through())
+    STAGE["alerting"].rows_in(windows.num_rows)
+    STAGE["alerting"].rows_out(len(fired))
+    if fired:
+        await alerts_topic.send(key=b"alerts", value=encode_arrow(alerts_table(fired)),
+                                headers=headers_for(ARROW, "alert"))
 
 
 @app.agent(windows_topic, concurrency=1)
 async def alerting(stream: Any) -> None:
-    engine = AlertEngine(settings)
+    noack = stream.noack()
+    async for event in noack.events():
+        await _process("alerting", event, _alert)
+        _alerting.pending.append(event)
+        await _alerting.save(noack)
+
+
+# ------------------------------------------------------------------ webhook
+
+webhook_table = app.Table("alert-webhook", default=None, schema=_STATE, partitions=P)
+POSTED_DAYS = 7  # how long a posted alert id is remembered
+_pruned_at = [0.0]
+
+
+async def _post(event: Any) -> None:
+    if not settings.alerts.webhook_url:
+        return
+    alerts = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all().to_pylist()
+    for alert in alerts:
+        key = f"posted|{alert['alert_id']}"
+        if webhook_table.get(key) is not None:
+            continue  # posted before (a re-emitted alert after a crash): once only
+        delay = 1.0
+        while not await post_webhook(settings.alerts.webhook_url, alert):
+            log.warning("webhook did not take alert %s; retrying in %.0f s", alert["alert_id"],
+                        delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+        webhook_table[key] = dt.datetime.now(dt.UTC).isoformat()
+    if time.monotonic() - _pruned_at[0] > 3600:  # ids older than POSTED_DAYS cannot return
+        _pruned_at[0] = time.monotonic()
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=POSTED_DAYS)
+        for key in [k for k in list(webhook_table.keys()) if str(k).startswith("posted|")]:
+            value = webhook_table.get(key)
+            if value is not None and dt.datetime.fromisoformat(value) < cutoff:
+                del webhook_table[key]
+
+
+@app.agent(alerts_topic, concurrency=1)
+async def webhook(stream: Any) -> None:
     async for event in stream.events():
-        windows = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
-        fired = engine.on_windows(windows)
-        STAGE["alerting"].rows_in(windows.num_rows)
-        STAGE["alerting"].rows_out(len(fired))
-        if not fired:
-            continue
-        await alerts_topic.send(key=b"alerts", value=encode_arrow(alerts_table(fired)),
-                                headers=headers_for(ARROW, "alert"))
-        if settings.alerts.webhook_url:
-            for alert in fired:
-                task = asyncio.ensure_future(post_webhook(settings.alerts.webhook_url, alert))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+        await _process("webhook", event, _post)

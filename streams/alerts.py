@@ -4,9 +4,16 @@
   `warmup_windows` windows a window fires when cost > mean + k*sigma AND cost - mean >=
   spike_min_dollars. The baseline is updated after the check (a spike does not hide itself).
 - budget_hour / budget_day: external spend in the current UTC hour/day above the budget.
-- dependency_share: the window's external share of cost above 1 - target_internal_share.
+- dependency_share: a window's external share of cost (over all its keys, on-time rows) above
+  1 - target_internal_share, evaluated once the window is complete: windows are merged per key
+  on several partitions, and each merger partition reports how far it has closed windows.
 Each alert has a deterministic id (rule + key + period), a cooldown per (rule, key), and is
 de-duplicated by id, so replays and repeated windows never fire twice.
+Alerts exactly once: the engine's state is saved with the offsets it covers (`to_state`,
+`from_state`; the worker keeps it in a changelogged table and acknowledges the windows it read
+only once the state that includes them is saved), so a new owner after a crash or a rebalance
+continues from it and re-fires nothing it had fired; an alert re-emitted after a crash has the
+same id, and the lake and the webhook sender drop it.
 A window's rows may arrive over several messages (envelopes of ENVELOPE_ROWS): every rule is
 per row or de-duplicated by id, so chunks never double count or fire twice.
 State is bounded by windows.correction_horizon_seconds behind the newest window seen: older
@@ -70,9 +77,16 @@ class AlertEngine:
     spend: dict[str, Decimal] = field(default_factory=dict)  # "<rule>:<period>" -> $
     seen_windows: dict[dt.datetime, set[tuple[Any, ...]]] = field(default_factory=dict)
     newest: dt.datetime | None = None
+    # window start -> [external cost, total cost] of its on-time rows, until it is complete
+    window_costs: dict[dt.datetime, list[Decimal]] = field(default_factory=dict)
+    complete_through: dt.datetime | None = None
 
-    def on_windows(self, windows: pa.Table) -> list[dict[str, Any]]:
-        """Evaluate every rule on a set of closed window rows; returns new alerts."""
+    def on_windows(self, windows: pa.Table,
+                   complete_through: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Evaluate every rule on a set of closed window rows; returns new alerts.
+
+        `complete_through`: every window ending at or before it is complete on every merger
+        partition, so its share over all keys can be judged (per-row rules need no wait)."""
         cfg = self.settings.alerts
         alerts: list[dict[str, Any]] = []
         rows = sorted(windows.to_pylist(), key=lambda r: (r["window_start"], r["operation"],
@@ -82,7 +96,6 @@ class AlertEngine:
             self._forget(self.newest - dt.timedelta(
                 seconds=self.settings.windows.correction_horizon_seconds))
         cutoff = self._cutoff()
-        shares: dict[dt.datetime, float | None] = {}
         for row in rows:
             start = row["window_start"]
             if cutoff is not None and start < cutoff:
@@ -105,12 +118,30 @@ class AlertEngine:
                                              f"cost ${cost:.4f} in window vs baseline "
                                              f"${base.mean:.4f} (k={cfg.spike_sigma})")
                 base.update(cost)
-            if row.get("external_share_cost") is not None:  # late deltas carry no share
-                shares[start] = row["external_share_cost"]
+            span = dt.timedelta(seconds=self.settings.windows.seconds)
+            if (row.get("revision") or 0) == 0 and (
+                    self.complete_through is None or start + span > self.complete_through):
+                costs = self.window_costs.setdefault(start, [Decimal(0), Decimal(0)])
+                costs[1] += row["cost"]
+                if row["provider_kind"] == "external":
+                    costs[0] += row["cost"]
             if row["provider_kind"] == "external":
                 alerts += self._budgets(start, row["cost"])
+        if complete_through is not None:
+            alerts += self._complete(complete_through)
+        return alerts
+
+    def _complete(self, through: dt.datetime) -> list[dict[str, Any]]:
+        """Judge the share of every window that has ended by `through`."""
+        if self.complete_through is not None and through <= self.complete_through:
+            return []
+        self.complete_through = through
+        span = dt.timedelta(seconds=self.settings.windows.seconds)
         limit = 1 - self.settings.target_internal_share
-        for start, share in shares.items():
+        alerts: list[dict[str, Any]] = []
+        for start in sorted(s for s in self.window_costs if s + span <= through):
+            external, total = self.window_costs.pop(start)
+            share = float(external / total) if total else None
             if share is not None and share > limit and limit < 1:
                 alerts += self._fire("dependency_share", "all", start, share, limit,
                                      f"external share of cost {share:.1%} above target "
@@ -136,6 +167,46 @@ class AlertEngine:
         for slot in list(self.spend):
             if _period_end(slot) <= cutoff:
                 del self.spend[slot]
+        for start in [s for s in self.window_costs if s < cutoff]:
+            del self.window_costs[start]
+
+    # -- durable state (JSON-native, for a changelogged table)
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "baselines": {k: [b.mean, b.var, b.count] for k, b in self.baselines.items()},
+            "last_fired": {f"{r}|{k}": at for (r, k), at in self.last_fired.items()},
+            "seen_ids": {i: s.isoformat() for i, s in self.seen_ids.items()},
+            "spend": {slot: str(v) for slot, v in self.spend.items()},
+            "seen_windows": {s.isoformat(): [list(i) for i in ids]
+                             for s, ids in self.seen_windows.items()},
+            "newest": None if self.newest is None else self.newest.isoformat(),
+            "window_costs": {s.isoformat(): [str(e), str(t)]
+                             for s, (e, t) in self.window_costs.items()},
+            "complete_through": None if self.complete_through is None
+            else self.complete_through.isoformat(),
+        }
+
+    @classmethod
+    def from_state(cls, settings: Settings, state: dict[str, Any] | None) -> AlertEngine:
+        engine = cls(settings)
+        if not state:
+            return engine
+        alpha = settings.alerts.ewma_alpha
+        engine.baselines = {k: Ewma(alpha, m, v, int(c))
+                            for k, (m, v, c) in state["baselines"].items()}
+        engine.last_fired = {tuple(k.split("|", 1)): at  # type: ignore[misc]
+                             for k, at in state["last_fired"].items()}
+        engine.seen_ids = {i: dt.datetime.fromisoformat(s) for i, s in state["seen_ids"].items()}
+        engine.spend = {slot: Decimal(v) for slot, v in state["spend"].items()}
+        engine.seen_windows = {dt.datetime.fromisoformat(s): {tuple(i) for i in ids}
+                               for s, ids in state["seen_windows"].items()}
+        engine.newest = None if state["newest"] is None else \
+            dt.datetime.fromisoformat(state["newest"])
+        engine.window_costs = {dt.datetime.fromisoformat(s): [Decimal(e), Decimal(t)]
+                               for s, (e, t) in state["window_costs"].items()}
+        engine.complete_through = None if state["complete_through"] is None else \
+            dt.datetime.fromisoformat(state["complete_through"])
+        return engine
 
     def _budgets(self, start: dt.datetime, cost: Decimal) -> list[dict[str, Any]]:
         cfg = self.settings.alerts
@@ -167,7 +238,8 @@ class AlertEngine:
         ALERTS.labels(rule).inc()
         severity = "critical" if rule.startswith("budget") else "warning"
         log.warning("ALERT %s %s: %s", rule, key, message)
-        return [{"alert_id": alert_id, "timestamp": dt.datetime.now(dt.UTC), "rule": rule,
+        fired_at = start + dt.timedelta(seconds=self.settings.windows.seconds)
+        return [{"alert_id": alert_id, "timestamp": fired_at, "rule": rule,
                  "severity": severity, "key": key, "window_start": start,
                  "observed": float(observed), "threshold": float(threshold),
                  "message": message}]
@@ -190,7 +262,9 @@ async def post_webhook(url: str, alert: dict[str, Any], attempts: int = 5) -> bo
     """POST `{"text": ...}` with exponential backoff; False after the last failed attempt."""
     import aiohttp
 
-    text = f"[{alert['severity']}] {alert['rule']} {alert['key']}: {alert['message']}"
+    start = alert.get("window_start")
+    when = f" (window {start:%Y-%m-%d %H:%M:%S} UTC)" if start is not None else ""
+    text = f"[{alert['severity']}] {alert['rule']} {alert['key']}{when}: {alert['message']}"
     delay = 0.5
     for attempt in range(attempts):
         try:

@@ -31,7 +31,8 @@ from costpipe.streams.app import app
 log = logging.getLogger(__name__)
 settings = get_settings()
 sink = LakeSink(
-    open_lake(settings.lake.location), settings.lake.flush_rows, settings.lake.flush_seconds
+    open_lake(settings.lake.location, settings.lake), settings.lake.flush_rows,
+    settings.lake.flush_seconds,
 )
 _streams: dict[str, Any] = {}  # table -> the agent's stream, for acks from the timer
 # LakeSink is single-caller by design: every call on its buffers goes through `_sink_lock`,
@@ -127,13 +128,9 @@ async def nightly_export() -> None:
     """Leader only: compact yesterday (UTC) into sorted Parquet and FOCUS exports.
 
     Runs in a thread so the event loop keeps consuming; export is idempotent, so a re-run
-    after a leader change or crash rewrites the same files and manifest.
+    after a leader change or crash rewrites the same files and manifest. The export lands in
+    the lake itself (<lake>/_exports/), local folder or object storage alike.
     """
-    if not sink.lake.is_local:
-        log.warning("lake: nightly export skipped: %s is not a local folder; run "
-                    "`costpipe export --date D --out DIR` where the export should land",
-                    sink.lake.uri)
-        return
     day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     for fmt in ("parquet", "focus"):
         result = await asyncio.to_thread(export_day, sink.lake, day, fmt)

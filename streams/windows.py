@@ -2,19 +2,28 @@
 
 Stage 1 (`partials`): one pyarrow group_by per cost-record batch, per
 (window, operation, provider_kind, provider, model): requests, errors, tokens, cost and shadow
-cost in integer pico-dollars, and the latency sketch as (bucket, count) lists.
+cost as exact decimals, and the latency sketch as (bucket, count) lists. Stage 2 keeps money as
+Python integers of pico-dollars, so no sum has a 64-bit limit.
 
 Stage 2 (`WindowMerger`): merges partials into entries keyed by (window, key) in a mapping (a
 Faust table in the worker). Idempotence: every partial message names its source (the topic and
 partition of the message that produced it) and that message's offset; each entry remembers the
 highest offset applied per source and skips anything at or below it, so at-least-once
-redelivery never double counts. The partials topic has ONE partition: the merge input is tiny
-(rows per key per batch), one ordered consumer sees every key of a window, so the live
-dependency share is exact and one watermark governs closing.
+redelivery never double counts. The partials topic is keyed by window key (operation,
+provider_kind, provider, model), so merging scales with its partitions; one merger per partition.
 
-Closing: when the watermark (max event time the producers have seen) passes
-window_end + windows.allowed_lateness_seconds, all keys of the window are emitted with
-`revision` 0. A partial arriving for an already closed window is the correction path: it is
+Closing: every requests partition's costing stage sends each merger partition its watermark
+(the event time it has reached) with every message, rows or not. A window closes when the
+minimum of those watermarks passes window_end + windows.allowed_lateness_seconds, so one
+partition (or one host whose clock runs ahead) cannot close windows that others still fill; a
+requests partition caught up and silent for IDLE_SECONDS of wall time stops holding windows
+back. The GPU allocators report too (how far their buckets are closed, at most once a second),
+so a window also waits for its own-model costs; an allocator whose mark stops for IDLE_SECONDS
+of wall time stops holding windows back. All keys of the window on this partition are emitted
+with `revision` 0. The share of a window over all its keys is computed
+where all keys meet (the alerting stage, the `window_share` view), not here.
+
+A partial arriving for an already closed window is the correction path: it is
 emitted at once as a further row for that window and key with the next `revision`, holding only
 the late delta (so summing rows stays exact). Re-emission after a crash repeats the same
 (window, key, revision) with the same content: consumers de-duplicate on that triple.
@@ -24,7 +33,7 @@ is behind the watermark, the window's entries are deleted (tombstones in the cha
 persisted marker `m|closed_through` (the newest evicted window start) remembers it. A partial
 for a window at or before that marker still takes the correction path, without an entry: it is
 emitted at once as a late-delta row with revision LATE_REVISION_BASE + (partials message offset
-mod LATE_REVISION_BASE). That offset is unique in the one-partition partials topic, so the
+mod LATE_REVISION_BASE). That offset is unique in the key's partials partition, so the
 revision cannot collide with the small counter revisions of the live entry or with another
 late delta (unless 2**30 partial messages apart for the same window and key), and a replay of
 that same partials message after a crash repeats the same triple. Replays of evicted windows are
@@ -37,27 +46,35 @@ persisted only some entries of a message.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.core.money import money_to_pico, pico_to_money
+from costpipe.core.money import MONEY
 from costpipe.core.settings import Settings
 from costpipe.schemas.records import TIMESTAMP, WINDOW_AGGREGATE
 from costpipe.streams import sketch
 
 KEY_COLUMNS = ("window_start", "operation", "provider_kind", "provider", "model")
 SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cost_pico", "shadow_pico")
+COUNTS = ("requests", "errors", "input_tokens", "output_tokens")  # int64 sums in Arrow
 _US = 1_000_000
 LATE_REVISION_BASE = 1 << 30  # revisions of late deltas for evicted windows (int32 column)
+IDLE_SECONDS = 300  # a caught-up requests partition silent this long does not hold windows
 
 
 def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
-    """Stage 1: partial aggregates of one batch of cost records."""
+    """Stage 1: partial aggregates of one batch of cost records.
+
+    Money is summed as decimal128(38, 12), never as int64 pico-dollars: a key's sum may pass
+    $9.2M (int64's limit) and totals must stay exact far beyond it.
+    """
     if isinstance(costs, pa.RecordBatch):
         costs = pa.Table.from_batches([costs])
     window_us = window_seconds * _US
@@ -77,26 +94,40 @@ def partials(costs: pa.Table | pa.RecordBatch, window_seconds: int) -> pa.Table:
                           pa.int64()),
         "input_tokens": costs.column("input_tokens"),
         "output_tokens": costs.column("output_tokens"),
-        "cost_pico": pa.array(money_to_pico(costs.column("cost"))),
-        "shadow_pico": pa.array(money_to_pico(costs.column("shadow_cost"))),
+        "cost": pc.fill_null(costs.column("cost"), pa.scalar(0, MONEY)).cast(MONEY),
+        "shadow": pc.fill_null(costs.column("shadow_cost"), pa.scalar(0, MONEY)).cast(MONEY),
         "sk": pa.array(sketch.bucket_index(latency)),
     })
+    money = ("cost", "shadow")
     fine = table.group_by([*KEY_COLUMNS, "sk"], use_threads=False).aggregate(
-        [(c, "sum") for c in SUMS] + [("sk", "count")])
+        [(c, "sum") for c in (*COUNTS, *money)] + [("sk", "count")])
     fine = fine.rename_columns([c.removesuffix("_sum") for c in fine.column_names])
     out = fine.group_by(list(KEY_COLUMNS), use_threads=False).aggregate(
-        [(c, "sum") for c in SUMS] + [("sk", "list"), ("sk_count", "list")])
+        [(c, "sum") for c in (*COUNTS, *money)] + [("sk", "list"), ("sk_count", "list")])
     return out.rename_columns([c.removesuffix("_sum") for c in out.column_names])
+
+
+def partial_keys(part: pa.Table) -> pa.Array:
+    """The window key of each partial row as one string (its home partition's routing value)."""
+    return pc.binary_join_element_wise(
+        *(part.column(c).cast(pa.string()) for c in KEY_COLUMNS[1:]), "|")
 
 
 class WindowMerger:
     """Stage 2: merges partial messages; returns closed window rows (WINDOW_AGGREGATE)."""
 
-    def __init__(self, settings: Settings, store: MutableMapping[str, Any]) -> None:
+    def __init__(self, settings: Settings, store: MutableMapping[str, Any],
+                 requests_partitions: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.window_us = settings.windows.seconds * _US
         self.lateness_us = settings.windows.allowed_lateness_seconds * _US
         self.horizon_us = settings.windows.correction_horizon_seconds * _US
+        self.requests_partitions = requests_partitions or settings.topics.partitions
         self.store = store
+        self._clock = clock
+        self._started = clock()
+        self._heard: dict[str, float] = {}  # source -> wall time of its last message
+        self._moved: dict[str, float] = {}  # allocator source -> wall time its mark last moved
         self._open: dict[int, set[str]] | None = None
         self._closed: dict[int, set[str]] = defaultdict(set)  # kept until evicted
 
@@ -113,8 +144,58 @@ class WindowMerger:
 
     @property
     def watermark(self) -> int | None:
+        """Min over the requests partitions' watermarks (all must have reported; a caught-up
+        partition silent for IDLE_SECONDS of wall time does not hold windows back); never
+        moves back. Stored as a decimal string."""
         raw = self.store.get("m|watermark")
-        return None if raw is None else int(raw)  # stored as a decimal string
+        return None if raw is None else int(raw)
+
+    def _advance(self, source: str, watermark_us: int | None, caught_up: bool,
+                  allocator: bool = False) -> None:
+        if watermark_us is None:
+            return
+        now = self._clock()
+        if allocator:  # how far a GPU allocator has closed buckets: its costs are all sent
+            alloc = dict(self.store.get("m|alloc") or {})
+            if watermark_us > alloc.get(source, -(2**62)):
+                alloc[source] = watermark_us
+                self.store["m|alloc"] = alloc
+                self._moved[source] = now
+            self._close_mark()
+            return
+        self._heard[source] = now
+        marks = dict(self.store.get("m|marks") or {})
+        backlog = dict(self.store.get("m|backlog") or {})
+        changed = False
+        if watermark_us > marks.get(source, -(2**62)):
+            marks[source] = watermark_us
+            changed = True
+        if backlog.get(source, False) != (not caught_up):
+            backlog[source] = not caught_up
+            self.store["m|backlog"] = backlog
+        if changed:
+            self.store["m|marks"] = marks
+        self._close_mark()
+
+    def _close_mark(self) -> None:
+        """Move the closing watermark: min over the requests partitions (all must have
+        reported; a caught-up one silent for IDLE_SECONDS of wall time does not count) and
+        over the GPU allocators that report (so a window waits for its own-model costs; one
+        whose mark has not moved for IDLE_SECONDS of wall time does not count)."""
+        marks = dict(self.store.get("m|marks") or {})
+        if len(marks) < self.requests_partitions:
+            return
+        backlog = dict(self.store.get("m|backlog") or {})
+        now = self._clock()
+        live = [v for k, v in marks.items()
+                if backlog.get(k, False) or now - self._heard.get(k, self._started) < IDLE_SECONDS]
+        mark = min(live) if live else max(marks.values())
+        alloc = dict(self.store.get("m|alloc") or {})
+        waiting = [v for k, v in alloc.items()
+                   if now - self._moved.get(k, self._started) < IDLE_SECONDS]
+        mark = min([mark, *waiting])
+        if mark > (self.watermark or -(2**62)):
+            self.store["m|watermark"] = str(mark)
 
     @property
     def closed_through(self) -> int | None:
@@ -123,7 +204,8 @@ class WindowMerger:
         return None if raw is None else int(raw)
 
     def apply(self, part: pa.Table, source: str, offset: int, watermark_us: int | None,
-              position: int | None = None, final: bool = True) -> pa.Table:
+              position: int | None = None, final: bool = True,
+              caught_up: bool = True, allocator: bool = False) -> pa.Table:
         """Apply one partial message; returns late-delta rows plus newly closed windows.
 
         `position` is the offset of the partial message in the partials topic: it names the
@@ -131,6 +213,8 @@ class WindowMerger:
         persisted counter is used (pure callers, benches). `final` is False for all but the
         last part of a source message sent in parts: the source offset counts as applied
         only after the last one, so the parts after the first are not taken for replays.
+        `watermark_us` (with `caught_up`) comes from requests partitions' costing, or, with
+        `allocator`, from a GPU allocator (how far its costs are complete).
         """
         late_rows: list[dict[str, Any]] = []
         columns = {name: part.column(name).to_pylist() for name in part.column_names}
@@ -150,7 +234,9 @@ class WindowMerger:
                 entry = _load(raw) if raw is not None else _new_entry()
                 if entry["applied"].get(source, -1) >= offset:
                     continue  # replay of something already merged
-            delta = {c: int(columns[c][i] or 0) for c in SUMS}
+            delta = {c: int(columns[c][i] or 0) for c in COUNTS}
+            delta["cost_pico"] = _pico(columns["cost"][i])
+            delta["shadow_pico"] = _pico(columns["shadow"][i])
             sk = {}
             if columns.get("sk_list") and columns["sk_list"][i]:
                 sk = sketch.merge({}, columns["sk_list"][i], columns["sk_count_list"][i])
@@ -173,8 +259,8 @@ class WindowMerger:
         if not seen_before and final:
             applied[source] = offset
             self.store["m|applied"] = applied
-        if watermark_us is not None and watermark_us > (self.watermark or -1):
-            self.store["m|watermark"] = str(watermark_us)
+        if final:
+            self._advance(source, watermark_us, caught_up, allocator)
         closed = self.close_ready()
         self.evict()
         if late_rows:
@@ -198,10 +284,8 @@ class WindowMerger:
         for window in ready:
             keys = sorted(index.pop(window))
             entries = {k: _load(self.store[k]) for k in keys}
-            rows.extend(_share([
-                _row(k, e["sums"], {int(b): c for b, c in e["sketch"].items()}, 0)
-                for k, e in entries.items()
-            ]))
+            rows.extend(_row(k, e["sums"], {int(b): c for b, c in e["sketch"].items()}, 0)
+                        for k, e in entries.items())
             for k, e in entries.items():
                 e["closed"] = True
                 self.store[k] = e
@@ -259,21 +343,14 @@ def _row(key: str, sums: dict[str, int], sk: dict[int, int], revision: int) -> d
     }
 
 
-def _share(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Live dependency share of the whole window (all keys), by cost and by requests."""
-    total_cost = sum(r["cost_pico"] for r in rows)
-    total_req = sum(r["requests"] for r in rows)
-    ext = [r for r in rows if r["provider_kind"] == "external"]
-    share_cost = sum(r["cost_pico"] for r in ext) / total_cost if total_cost else None
-    share_req = sum(r["requests"] for r in ext) / total_req if total_req else None
-    for r in rows:
-        r["external_share_cost"], r["external_share_requests"] = share_cost, share_req
-    return rows
+def _pico(amount: Decimal | None) -> int:
+    """Exact pico-dollars of a decimal amount, as a Python int (no 64-bit limit)."""
+    return 0 if amount is None else int(amount.scaleb(12))
 
 
 def _to_table(rows: list[dict[str, Any]], window_us: int) -> pa.Table:
-    cost = np.array([r.pop("cost_pico") for r in rows], dtype=np.int64)
-    shadow = np.array([r.pop("shadow_pico") for r in rows], dtype=np.int64)
+    cost = pa.array([Decimal(r.pop("cost_pico")).scaleb(-12) for r in rows], MONEY)
+    shadow = pa.array([Decimal(r.pop("shadow_pico")).scaleb(-12) for r in rows], MONEY)
     starts = [r["window_start"] for r in rows]
     for r in rows:
         r.pop("window_start")
@@ -281,6 +358,6 @@ def _to_table(rows: list[dict[str, Any]], window_us: int) -> pa.Table:
     table = table.append_column("window_start", pa.array(starts, pa.int64()).cast(TIMESTAMP))
     ends = [s + window_us for s in starts]
     table = table.append_column("window_end", pa.array(ends, pa.int64()).cast(TIMESTAMP))
-    table = table.append_column("cost", pico_to_money(cost))
-    table = table.append_column("shadow_cost", pico_to_money(shadow))
+    table = table.append_column("cost", cost)
+    table = table.append_column("shadow_cost", shadow)
     return table.select(WINDOW_AGGREGATE.names).cast(WINDOW_AGGREGATE)

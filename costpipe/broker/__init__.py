@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from costpipe.core import limits
 from costpipe.core.kafka_clients import confluent_admin
 from costpipe.core.settings import Settings
 
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 POM = Path(__file__).parent / "pom.xml"
 JVM_HEAP = "-Xmx768m"
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # >= 10 MiB: one Arrow batch per message (codec caps 8 MiB)
-TOPIC_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 MAVEN_TIMEOUT_S = 600.0
@@ -207,10 +206,12 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     existing = admin.list_topics(timeout=timeout).topics
     counts = settings.topics.partition_counts()
     for name, wanted in counts.items():
-        if wanted == 1 and name in existing and len(existing[name].partitions) != 1:
+        if name in existing and len(existing[name].partitions) != wanted:
             raise BrokerError(
-                f"topic {name} has {len(existing[name].partitions)} partitions but must have 1 "
-                f"(an ordered internal stream); delete it and run again")
+                f"topic {name} has {len(existing[name].partitions)} partitions but "
+                f"topics.partitions is {wanted}: every stage is keyed by partition, so they "
+                "must agree (set topics.partitions to match, or delete the costpipe topics "
+                "and their -changelog topics and start again)")
     missing = [name for name in counts if name not in existing]
     if not missing:
         return []
@@ -219,7 +220,9 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
             name,
             num_partitions=counts[name],
             replication_factor=-1 if not settings.uses_local_broker else 1,
-            config={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+            config={"max.message.bytes": str(limits.request_bytes(settings.kafka)),
+                    **({"cleanup.policy": "compact"} if name == settings.topics.members
+                       else {})},
         )
         for name in missing
     ]
@@ -336,7 +339,7 @@ def _write_configs(settings: Settings, paths: _Paths) -> None:
     paths.data.mkdir(parents=True, exist_ok=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
     server = f"""\
-# Written by costpipe (costpipe/broker.py) on every `costpipe kafka up`; edits are overwritten.
+# Written by costpipe (costpipe.broker) on every `costpipe kafka up`; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{ctl}
@@ -355,8 +358,8 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
-message.max.bytes={MAX_MESSAGE_BYTES}
-replica.fetch.max.bytes={MAX_MESSAGE_BYTES}
+message.max.bytes={limits.broker_bytes(settings.kafka)}
+replica.fetch.max.bytes={limits.broker_bytes(settings.kafka)}
 log.retention.hours=168
 """
     log4j = f"""\

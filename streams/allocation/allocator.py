@@ -1,31 +1,45 @@
-"""The stateful GPU allocator: buffers own-model requests and GPU samples per bucket and closes
-each (GPU, bucket) into cost records with the rule in `costpipe.streams.allocation.rule`.
+"""The stateful GPU allocator: buffers own-model requests and GPU samples and closes each
+(GPU, bucket) into cost records with the rule in `costpipe.streams.allocation.rule`.
 
-Own-model rows get a shadow price from costing and their GPU cost here: they travel, with the
-GPU samples, through the `gpuwork` topic, so the allocator sees both in one order and closes
-each bucket deterministically.
+One allocator per partition of the `gpuwork` topic, which is keyed by GPU: a GPU's samples and
+the own-model requests it served meet in one partition, so allocation scales with partitions.
 
-Bucket closing: a bucket closes when the gpuwork watermark (max event time seen) passes
-bucket_end + gpu.allowed_lateness_seconds. A request for an already closed bucket is the
-correction path: it is emitted as record_type "correction", cost 0, pricing_status
-"gpu_unattributed" (the bucket's idle line already holds that money, so totals stay exact) and
-counted in `costpipe_late_internal_requests_total`. Internal requests whose bucket had no GPU
-samples are emitted with cost 0 and pricing_status "gpu_unattributed", counted, never dropped.
+When a (GPU, bucket) closes: when *that GPU's* samples and *every* requests partition have
+passed bucket_end + gpu.allowed_lateness_seconds in event time. Per GPU, so a host whose clock
+runs ahead (within `ingest.max_future_seconds`; further ahead is dead-lettered) only moves its
+own GPUs' mark, and the requests side (a minimum over partitions) keeps every bucket open until
+the requests that fill it have arrived. A requests partition that has been caught up and silent
+for IDLE_SECONDS of wall time stops holding buckets back (one still draining a backlog never
+does); a GPU whose samples stopped for IDLE_SECONDS of wall time (its host gone) follows the
+fleet's mark. GPU heartbeats (`costpipe gpu` idle, or
+`costpipe heartbeat`) count as samples of every GPU up to their time.
 
-State lives in a mapping (a Faust table in the worker, a dict in tests): each input message's
-pending rows or samples as one Arrow IPC chunk keyed by its source offset, so re-applying a
-replayed message overwrites the same key (idempotent), and duplicates by request_id are dropped
-at close. The chunks are also kept decoded in memory; the store is read back only after a
-restart or a rebalance. One key per message rather than per (bucket, GPU): see
-docs/decisions/2026-11-30-allocator-state-per-message.md.
+A request for an already closed (GPU, bucket) is the correction path: record_type
+"correction", cost 0, pricing_status "gpu_unattributed" (the bucket's idle line already holds
+that money, so totals stay exact), counted in `costpipe_late_internal_requests_total`. Requests
+whose GPU had no samples in their bucket are emitted with cost 0 and status "gpu_unattributed",
+counted, never dropped.
+
+MIG: each sample row stands for `gpu_fraction` of a physical GPU (null = all of it); the
+sampler gives each MIG instance its share and the parent the unpartitioned rest, so one GPU is
+charged once, split over its instances.
+
+State lives in a mapping (a partition's view of a Faust table in the worker, a dict in tests):
+each input message's pending rows or samples as one Arrow IPC chunk keyed by its source, so
+re-applying a replayed message overwrites the same key (idempotent), and duplicates by
+request_id are dropped at close. The chunks are also kept decoded in memory; the store is read
+back only after a restart or a rebalance (docs/decisions/2026-11-30-allocator-state-per-message.md).
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from collections import defaultdict
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +60,12 @@ from costpipe.streams.allocation.rule import (
 IDLE_OPERATION = "_gpu_idle"
 IDLE_PROVIDER = "gpu"
 _US = 1_000_000
-IDLE_PARTITION_SECONDS = 300  # a caught-up requests partition this far behind the GPU is idle
-
+IDLE_SECONDS = 300  # silent this long: a requests partition (wall) or a GPU (event time)
+REQUESTS = "requests:"  # stream names: requests:<topic>:<partition>
+GPU = "gpu:"  # gpu:<uuid>, from that GPU's samples
+GPU_SOURCE = "gpusrc:"  # gpusrc:<topic>:<partition>, the newest sample forwarded from it
+HEARTBEAT = "gpuhb"  # every GPU has reported up to here
+NO_LIMIT = 2**62
 
 _PENDING_KINDS = {"pr": "r", "ps": "s", "r": "r", "s": "s"}  # r|, s|: per-(bucket, GPU) keys
 # written before 2026-11-30, still read after an upgrade
@@ -60,37 +78,40 @@ class _Chunk:
     kind: str
     table: pa.Table
     buckets: np.ndarray  # bucket start (µs) per row
+    codes: np.ndarray  # GPU per row, as an index into `gpus`
+    gpus: list[str]  # the chunk's distinct GPUs ("" when unknown)
+    open: set[tuple[str, int]] = field(default_factory=set)  # (gpu, bucket) not yet closed
 
-    @property
-    def last_bucket(self) -> int:
-        return int(self.buckets.max())
-
-    def rows_of(self, bucket: int) -> pa.Table:
-        mask = self.buckets == bucket
+    def rows_of(self, gpu: str, bucket: int) -> pa.Table:
+        mask = (self.buckets == bucket) & (self.codes == self.gpus.index(gpu))
         return self.table if mask.all() else self.table.filter(pa.array(mask))
 
 
 class GpuAllocator:
-    """Buffers own-model records and GPU samples per bucket; closes buckets into cost records.
+    """Buffers own-model records and GPU samples per (GPU, bucket); closes them into costs."""
 
-    Pending rows are kept decoded in memory (`_chunks`) and written once per input message to
-    the store, which is only read back after a restart or a rebalance (`reset`).
-    """
-
-    def __init__(self, settings: Settings, store: MutableMapping[str, str]) -> None:
+    def __init__(self, settings: Settings, store: MutableMapping[str, Any],
+                 requests_partitions: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = store
+        self.requests_partitions = requests_partitions or settings.topics.partitions
         self.bucket_us = settings.gpu.bucket_seconds * _US
         self.lateness_us = settings.gpu.allowed_lateness_seconds * _US
+        self._clock = clock
+        self._heard: dict[str, float] = {}  # stream -> wall time of its last message
+        self._waiting: dict[str, float] = {}  # GPU without samples -> since when (wall)
+        self._started = clock()
         self.reset()
 
     def reset(self) -> None:
         """Forget what is cached in memory; the next call rebuilds it from the store (after a
         rebalance another worker may have closed buckets or buffered rows in between)."""
-        self._index: dict[int, set[str]] | None = None
+        self._index: dict[tuple[str, int], set[str]] | None = None
         self._chunks: dict[str, _Chunk] = {}
         self._wm: dict[str, int] | None = None
         self._backlog: dict[str, bool] | None = None
+        self._closed: dict[str, int] | None = None
 
     # -- state helpers
     def _meta(self, name: str, default: int | None) -> int | None:
@@ -100,11 +121,35 @@ class GpuAllocator:
     def _set_meta(self, name: str, value: int) -> None:
         self.store[f"m|{name}"] = str(value)
 
-    def _bucket_index(self) -> dict[int, set[str]]:
-        """bucket start -> keys of the pending chunks holding rows of that bucket."""
+    def closed_through(self, gpu: str) -> int | None:
+        """Start of the newest closed bucket of `gpu` (all older ones are closed too)."""
+        return self._closed_map().get(gpu, self._legacy_closed())
+
+    def _closed_per_row(self, gpus: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """closed_through per row (a very old time where nothing is closed), vectorised."""
+        codes, names = _gpu_codes(gpus)
+        never = -(2**62)
+        per_gpu = np.array([c if (c := self.closed_through(g)) is not None else never
+                            for g in names] or [never], dtype=np.int64)
+        return per_gpu[codes]
+
+    def _legacy_closed(self) -> int | None:
+        return self._meta("closed_through", None)  # one global mark, before 2026-12-01
+
+    def _closed_map(self) -> dict[str, int]:
+        if self._closed is None:
+            self._closed = {k[len("m|closed|"):]: int(v) for k, v in list(self.store.items())
+                            if k.startswith("m|closed|")}
+        return self._closed
+
+    def _set_closed(self, gpu: str, bucket: int) -> None:
+        self._closed_map()[gpu] = bucket
+        self._set_meta(f"closed|{gpu}", bucket)
+
+    def _index_map(self) -> dict[tuple[str, int], set[str]]:
+        """(gpu, bucket) -> keys of the pending chunks holding rows of it."""
         if self._index is None:
             self._index = defaultdict(set)
-            closed = self._meta("closed_through", None)
             for key in list(self.store.keys()):
                 kind = _PENDING_KINDS.get(key.split("|", 1)[0])
                 raw = self.store.get(key)
@@ -112,32 +157,36 @@ class GpuAllocator:
                     continue
                 table = pa.ipc.open_stream(base64.b64decode(raw)).read_all()
                 chunk = self._chunk(kind, table)
-                if closed is not None and chunk.last_bucket <= closed:
+                if not chunk.open:
                     self.store.pop(key, None)  # closed before the restart; delete was lost
                     continue
-                self._remember(key, chunk, closed)
+                self._remember(key, chunk)
         return self._index
 
     def _chunk(self, kind: str, table: pa.Table) -> _Chunk:
         column = "bucket_start" if kind == "r" else "timestamp"
         ts = table.column(column).cast(pa.int64()).to_numpy()
-        return _Chunk(kind, table, ts - ts % self.bucket_us)
+        buckets = ts - ts % self.bucket_us
+        codes, gpus = _gpu_codes(table.column("gpu_uuid"))
+        chunk = _Chunk(kind, table, buckets, codes, gpus)
+        chunk.open = {(gpus[c], b) for c, b in _distinct_pairs(codes, buckets)
+                      if (closed := self.closed_through(gpus[c])) is None or b > closed}
+        return chunk
 
-    def _remember(self, key: str, chunk: _Chunk, closed: int | None) -> None:
+    def _remember(self, key: str, chunk: _Chunk) -> None:
         self._chunks[key] = chunk
-        index = self._bucket_index()  # already built: _put builds it before writing its key
-        for bucket in np.unique(chunk.buckets).tolist():
-            if closed is None or bucket > closed:
-                index[bucket].add(key)
+        index = self._index_map()  # already built: _put builds it before writing its key
+        for pair in chunk.open:
+            index[pair].add(key)
 
     def _put(self, kind: str, source: str, table: pa.Table) -> None:
         """One store key per input message (replaying the message overwrites it)."""
         key = f"p{kind}|{source}"
-        self._bucket_index()
+        self._index_map()
         # zstd inside the IPC stream: base64 and the changelog's JSON run in Python per byte,
         # and the stream is 6x smaller (9 ms -> 2.4 ms per 4,000-row put).
         self.store[key] = base64.b64encode(encode_arrow(table, "zstd")).decode()
-        self._remember(key, self._chunk(kind, table), self._meta("closed_through", None))
+        self._remember(key, self._chunk(kind, table))
 
     # -- input
     def is_replay(self, source: str) -> bool:
@@ -159,12 +208,11 @@ class GpuAllocator:
         """Buffer pending own-model records; returns the late ones (correction records)."""
         if pending.num_rows == 0:
             return pending
-        closed = self._meta("closed_through", None)
-        bucket = pending.column("bucket_start").cast(pa.int64())
-        late_mask = (pc.less_equal(bucket, closed) if closed is not None
-                     else pa.array(np.zeros(pending.num_rows, dtype=bool)))
-        on_time = pending.filter(pc.invert(late_mask))
-        late = pending.filter(late_mask)
+        bucket = pending.column("bucket_start").cast(pa.int64()).to_numpy()
+        late_mask = bucket <= self._closed_per_row(pending.column("gpu_uuid")) \
+            if self._any_closed() else np.zeros(pending.num_rows, dtype=bool)
+        on_time = pending.filter(pa.array(~late_mask))
+        late = pending.filter(pa.array(late_mask))
         if on_time.num_rows:
             self._put("r", source, on_time)
         if late.num_rows:
@@ -177,37 +225,41 @@ class GpuAllocator:
             late = conform(late, COST_RECORD)
         return late
 
-    def add_samples(self, samples: pa.RecordBatch | pa.Table, source: str) -> None:
+    def _any_closed(self) -> bool:
+        return bool(self._closed_map()) or self._legacy_closed() is not None
+
+    def add_samples(self, samples: pa.RecordBatch | pa.Table, source: str,
+                    stream: str | None = None) -> None:
+        """Buffer GPU samples (of GPUs whose home is this partition); `stream` names the GPU
+        topic partition they came from."""
         if samples.num_rows == 0:
             return
         table = pa.Table.from_batches([samples]) if isinstance(samples, pa.RecordBatch) \
             else samples
-        ts = table.column("timestamp").cast(pa.int64())
-        closed = self._meta("closed_through", None)
-        if closed is not None:  # samples for a closed bucket cannot change a final GPU cost
-            table = table.filter(pc.greater_equal(ts, closed + self.bucket_us))
+        ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+        newest = pa.table({"g": pc.fill_null(table.column("gpu_uuid"), ""), "t": ts}).group_by(
+            "g", use_threads=False).aggregate([("t", "max")])
+        if self._any_closed():  # samples of a closed bucket cannot change a final GPU cost
+            keep = ts >= self._closed_per_row(table.column("gpu_uuid")) + self.bucket_us
+            table = table.filter(pa.array(keep))
         if table.num_rows:
             self._put("s", source, table)
-        self._advance(pc.max(ts).as_py())
+        now = self._clock()
+        for gpu, t in zip(newest.column("g").to_pylist(), newest.column("t_max").to_pylist(),
+                          strict=True):
+            self._advance(t, GPU + gpu)
+            self._heard[GPU + gpu] = now
+        if stream is not None:
+            self._advance(int(ts.max()), GPU_SOURCE + stream)
 
-    def _advance(self, max_ts: int | None, stream: str = "gpu") -> None:
-        """Track the max event time per input stream ("gpu", or a requests partition)."""
-        if max_ts is None:
-            return
-        marks = self._marks()
-        if max_ts > marks.get(stream, -1):
-            marks[stream] = max_ts
-            self._set_meta(f"wm|{stream}", max_ts)
-
-    def _marks(self) -> dict[str, int]:
-        if self._wm is None:
-            self._wm = {k[5:]: int(v) for k, v in list(self.store.items())
-                        if k.startswith("m|wm|")}
-        return self._wm
+    def note_gpu_source(self, max_ts: int | None, stream: str) -> None:
+        """The GPU topic partition `stream` has forwarded samples up to `max_ts` (sent to every
+        allocator partition, so partitions without GPUs still know how far the fleet is)."""
+        self._advance(max_ts, GPU_SOURCE + stream)
 
     def note_samples_until(self, max_ts: int) -> None:
         """A GPU heartbeat: the samplers have reported everything up to `max_ts`."""
-        self._advance(max_ts, "gpu")
+        self._advance(max_ts, HEARTBEAT)
 
     def note_requests(self, max_ts: int | None, stream: str, caught_up: bool = True) -> None:
         """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows).
@@ -216,26 +268,29 @@ class GpuAllocator:
         the partition count as idle: a worker draining a backlog sees the small GPU stream race
         ahead of event time, and calling the busy partitions idle would close every bucket
         before its requests arrive (they would all become uncosted corrections)."""
+        stream = stream if stream.startswith(REQUESTS) else REQUESTS + stream
+        self._heard[stream] = self._clock()
         self._advance(max_ts, stream)
         if self._backlogged().get(stream, False) != (not caught_up):
             self._backlogged()[stream] = not caught_up
             self._set_meta(f"backlog|{stream}", 0 if caught_up else 1)  # "1": more was queued
 
-    def watermark(self) -> int | None:
-        """Min over streams: a bucket closes only when samples AND every requests partition
-        (settings.topics.partitions of them) have passed it, so neither input can race ahead
-        of the other. A partition more than IDLE_PARTITION_SECONDS behind is treated as idle."""
+    def _advance(self, max_ts: int | None, stream: str) -> None:
+        """Track the max event time per input stream."""
+        if max_ts is None:
+            return
         marks = self._marks()
-        if "gpu" not in marks:
-            return None
-        requests = {k: v for k, v in marks.items() if k != "gpu"}
-        if len(requests) < self.settings.topics.partitions:
-            return None  # a requests partition not heard from yet could hold older events
-        horizon = marks["gpu"] - IDLE_PARTITION_SECONDS * _US
-        backlogged = self._backlogged()
-        live = [v for k, v in requests.items()
-                if v >= horizon or backlogged.get(k, False)]  # far behind and quiet = idle
-        return min([marks["gpu"], *live])
+        if max_ts > marks.get(stream, -(2**62)):
+            marks[stream] = max_ts
+            self._set_meta(f"wm|{stream}", max_ts)
+
+    def _marks(self) -> dict[str, int]:
+        if self._wm is None:
+            self._wm = {k[5:]: int(v) for k, v in list(self.store.items())
+                        if k.startswith("m|wm|")}
+            if "gpu" in self._wm:  # one global GPU mark, before 2026-12-01
+                self._wm.setdefault(HEARTBEAT, self._wm.pop("gpu"))
+        return self._wm
 
     def _backlogged(self) -> dict[str, bool]:
         if self._backlog is None:
@@ -243,42 +298,104 @@ class GpuAllocator:
                              if k.startswith("m|backlog|")}
         return self._backlog
 
+    # -- watermarks
+    def requests_mark(self) -> int | None:
+        """Min over the requests partitions (all must have reported); a caught-up partition
+        silent for IDLE_SECONDS of wall time does not hold buckets back (when all are, the GPU
+        side alone decides: buckets of idle GPUs still close into idle cost)."""
+        marks = self._marks()
+        requests = {k: v for k, v in marks.items() if k.startswith(REQUESTS)}
+        if len(requests) < self.requests_partitions:
+            return None
+        now = self._clock()
+        backlogged = self._backlogged()
+        live = [v for k, v in requests.items()
+                if backlogged.get(k, False)
+                or now - self._heard.get(k, self._started) < IDLE_SECONDS]
+        return min(live) if live else NO_LIMIT
+
+    def fleet_mark(self) -> int | None:
+        """How far the GPU samplers as a whole have reported (newest source, or heartbeat)."""
+        marks = self._marks()
+        sources = [v for k, v in marks.items() if k.startswith(GPU_SOURCE) or k == HEARTBEAT]
+        return max(sources) if sources else None
+
+    def gpu_mark(self, gpu: str) -> int | None:
+        """How far `gpu`'s own samples have reported. A GPU whose samples stopped for
+        IDLE_SECONDS of wall time (a host gone), or that has sent none for that long since its
+        first request came (no sampler: its requests become unattributed), follows the fleet;
+        until then it holds its buckets (its samples may just be late). Wall time, not event
+        time: a host whose clock runs ahead must not make the others look silent."""
+        marks = self._marks()
+        now = self._clock()
+        own = marks.get(GPU + gpu) if gpu else None
+        if own is not None:
+            heartbeat = marks.get(HEARTBEAT)
+            own = own if heartbeat is None else max(own, heartbeat)
+            if now - self._heard.get(GPU + gpu, self._started) < IDLE_SECONDS:
+                return own
+            return self.fleet_mark()
+        waiting = self._waiting.setdefault(gpu, now)
+        return self.fleet_mark() if now - max(waiting, self._started) >= IDLE_SECONDS else None
+
+    def watermark(self) -> int | None:
+        """The event time below which every bucket of every GPU may close (min of the two
+        sides), or None while either is unknown. The closing mark of one GPU is
+        min(gpu_mark(gpu), requests_mark())."""
+        requests, fleet = self.requests_mark(), self.fleet_mark()
+        if requests is None or fleet is None:
+            return None
+        return min(requests, fleet)
+
+    def outgoing_watermark(self) -> int | None:
+        """Event time below which this allocator will emit no more own-model costs (except
+        cost-0 corrections): for the windows downstream."""
+        mark = self.watermark()
+        return None if mark is None else mark - self.bucket_us - self.lateness_us
+
     # -- closing
     def close_ready(self) -> pa.Table:
-        """Close every bucket whose end + lateness the watermark has passed; cost records."""
-        watermark = self.watermark()
-        if watermark is None:
+        """Close every (GPU, bucket) whose end + lateness its closing mark has passed."""
+        requests = self.requests_mark()
+        if requests is None:
             return COST_RECORD.empty_table()
-        index = self._bucket_index()
-        ready = sorted(b for b in index if b + self.bucket_us + self.lateness_us <= watermark)
+        index = self._index_map()
+        span = self.bucket_us + self.lateness_us
+        marks: dict[str, int | None] = {}
+        ready: dict[int, list[str]] = defaultdict(list)
+        for gpu, bucket in index:
+            if gpu not in marks:
+                own = self.gpu_mark(gpu)
+                marks[gpu] = None if own is None else min(own, requests)
+            mark = marks[gpu]
+            if mark is not None and bucket + span <= mark:
+                ready[bucket].append(gpu)
         if not ready:
             return COST_RECORD.empty_table()
-        out = [self._close(b) for b in ready]
-        closed = max(ready[-1], self._meta("closed_through", 0) or 0)
-        done = [key for key, chunk in self._chunks.items() if chunk.last_bucket <= closed]
+        out = [self._close(bucket, sorted(gpus)) for bucket, gpus in sorted(ready.items())]
+        done = [key for key, chunk in self._chunks.items() if not chunk.open]
         for key in done:
             del self._chunks[key]
             self.store.pop(key, None)
-        self._set_meta("closed_through", closed)
         return _concat(out)
 
-    def _close(self, bucket: int) -> pa.Table:
-        keys = sorted(self._bucket_index().pop(bucket))
-        parts: dict[str, list[pa.Table]] = {"r": [], "s": []}
-        for key in keys:
-            chunk = self._chunks.get(key)
-            if chunk is not None:
-                parts[chunk.kind].append(chunk.rows_of(bucket))
-        requests = _by_gpu(parts["r"], lambda t: pc.fill_null(t.column("gpu_uuid"), ""))
-        samples = _by_gpu(parts["s"], lambda t: t.column("gpu_uuid"))
+    def _close(self, bucket: int, gpus: list[str]) -> pa.Table:
+        index = self._index_map()
         out, idle = [], []
-        for gpu in sorted(requests.keys() | samples.keys(), key=str):
-            reqs, smps = requests.get(gpu), samples.get(gpu)
-            allocated, idle_line = self._close_gpu(bucket, gpu, [] if reqs is None else [reqs],
-                                                   [] if smps is None else [smps])
+        for gpu in gpus:
+            keys = sorted(index.pop((gpu, bucket), ()))
+            parts: dict[str, list[pa.Table]] = {"r": [], "s": []}
+            for key in keys:
+                chunk = self._chunks.get(key)
+                if chunk is not None:
+                    parts[chunk.kind].append(chunk.rows_of(gpu, bucket))
+                    chunk.open.discard((gpu, bucket))
+            allocated, idle_line = self._close_gpu(bucket, gpu, parts["r"], parts["s"])
             out.append(allocated)
             if idle_line is not None:
                 idle.append(idle_line)
+            if (c := self.closed_through(gpu)) is None or bucket > c:
+                self._set_closed(gpu, bucket)
         if idle:
             out.append(_idle_records(bucket, idle))
         return _concat(out)
@@ -294,6 +411,7 @@ class GpuAllocator:
             return conform(reqs, COST_RECORD), None
         s = pa.concat_tables(samples).sort_by("timestamp")
         s = s.filter(pc.invert(pc.is_null(s.column("timestamp"))))
+        s = _first_per_timestamp(s)  # a sample sent twice (a replay) counts once
         prev_key = f"e|{gpu}"
         prev = self.store.get(prev_key)
         energy = bucket_energy_mj(
@@ -303,7 +421,11 @@ class GpuAllocator:
         last_counter = s.column("energy_mj")[-1].as_py()
         if last_counter is not None:
             self.store[prev_key] = str(last_counter)
-        total = gpu_bucket_cost_pico(energy, self.settings.gpu)
+        fraction = s.column("gpu_fraction")[-1].as_py() if "gpu_fraction" in s.column_names \
+            else None
+        total = gpu_bucket_cost_pico(
+            energy, self.settings.gpu,
+            Decimal(1) if fraction is None else Decimal(repr(float(fraction))))
         busy = busy_pico(total, s.column("utilization_pct").to_pylist(), reqs.num_rows > 0)
         if reqs.num_rows:
             weights = pc.fill_null(pc.add(reqs.column("input_tokens"),
@@ -338,26 +460,24 @@ def _idle_records(bucket: int, lines: list[_IdleLine]) -> pa.Table:
     return table.set_column(at, COST_RECORD.field(at), cost.cast(COST_RECORD.field(at).type))
 
 
+def _gpu_codes(gpus: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(index into the distinct GPUs per row, the distinct GPUs; null as "")."""
+    encoded = pc.dictionary_encode(pc.fill_null(gpus, ""))
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks() if encoded.num_chunks else pa.array(
+            [], pa.dictionary(pa.int32(), pa.string()))
+    if len(encoded) == 0:
+        return np.zeros(0, dtype=np.int32), []
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
 
 
-def _by_gpu(parts: list[pa.Table],
-            gpu_of: Callable[[pa.Table], pa.ChunkedArray]) -> dict[str, pa.Table]:
-    """Rows per GPU, in their original order: one stable sort and slices, not a filter per GPU."""
-    if not parts:
-        return {}
-    table = pa.concat_tables(parts)
-    if table.num_rows == 0:
-        return {}
-    keys = gpu_of(table)
-    order = pc.sort_indices(keys)  # stable
-    gpus = keys.take(order).combine_chunks()
-    table = table.take(order)
-    n = table.num_rows
-    changes = pc.not_equal(gpus.slice(1), gpus.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    starts = np.r_[0, np.flatnonzero(changes) + 1]
-    ends = np.r_[starts[1:], n]
-    return {gpus[int(a)].as_py(): table.slice(int(a), int(b - a))
-            for a, b in zip(starts, ends, strict=True)}
+def _distinct_pairs(codes: np.ndarray, buckets: np.ndarray) -> list[tuple[int, int]]:
+    """The distinct (gpu code, bucket) pairs of a chunk, vectorised."""
+    if len(codes) == 0:
+        return []
+    pairs = np.unique(np.stack([codes.astype(np.int64), buckets.astype(np.int64)], axis=1),
+                      axis=0)
+    return [(int(c), int(b)) for c, b in pairs]
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -379,8 +499,15 @@ def _dedup(table: pa.Table) -> pa.Table:
     return table.take(np.sort(first.to_numpy()))
 
 
+def _first_per_timestamp(samples: pa.Table) -> pa.Table:
+    """One sample per timestamp (sorted input; a GPU reports once per instant)."""
+    ts = samples.column("timestamp").cast(pa.int64()).to_numpy()
+    if len(ts) < 2 or (ts[1:] != ts[:-1]).all():
+        return samples
+    keep = np.r_[True, ts[1:] != ts[:-1]]
+    return samples.filter(pa.array(keep))
+
+
 def _set_status(table: pa.Table, status: str) -> pa.Table:
     return table.set_column(table.schema.get_field_index("pricing_status"), "pricing_status",
                             pa.repeat(pa.scalar(status, pa.string()), table.num_rows))
-
-

@@ -1,8 +1,11 @@
 """GPU cost per (GPU, time bucket) and its exact split over the requests that GPU served.
 
 The rule (documented for FinOps readers):
-1. GPU cost of a bucket = $/GPU-hour x bucket_seconds / 3600
-   + energy (kWh) x $/kWh x PUE, rounded half-even to the pico-dollar.
+1. GPU cost of a bucket = $/GPU-hour x bucket_seconds / 3600 x gpu_fraction
+   + energy (kWh) x $/kWh x PUE, rounded half-even to the pico-dollar. gpu_fraction is the
+   share of a physical GPU a device stands for: 1 for a whole GPU; for a GPU split into MIG
+   instances, each instance's memory share, and the parent keeps the unpartitioned rest, so the
+   physical GPU is charged once (the sampler splits the parent's power the same way).
    Energy = NVML energy-counter delta from the previous bucket's last sample to this bucket's
    last sample; when the counter is missing, went backwards, or there is no previous sample,
    Σ power_w x interval_s over the bucket's samples.
@@ -23,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from costpipe.core.money import PICO, to_pico
+from costpipe.core.money import to_pico
 from costpipe.core.settings import GpuSettings
 
 MJ_PER_KWH = Decimal(3_600_000_000)
@@ -44,9 +47,11 @@ def bucket_energy_mj(
     return int(total.to_integral_value())
 
 
-def gpu_bucket_cost_pico(energy_mj: int, settings: GpuSettings) -> int:
-    """Amortised share of the GPU-hour price plus energy x $/kWh x PUE, in pico-dollars."""
-    amortised = settings.dollars_per_gpu_hour * settings.bucket_seconds / Decimal(3600)
+def gpu_bucket_cost_pico(energy_mj: int, settings: GpuSettings,
+                         fraction: Decimal = Decimal(1)) -> int:
+    """Amortised share of the GPU-hour price (x the share of a physical GPU this device is,
+    for MIG instances) plus energy x $/kWh x PUE, in pico-dollars."""
+    amortised = settings.dollars_per_gpu_hour * settings.bucket_seconds / Decimal(3600) * fraction
     energy = Decimal(energy_mj) / MJ_PER_KWH * settings.dollars_per_kwh * settings.pue
     return to_pico(amortised + energy)
 
@@ -112,6 +117,3 @@ def _allocate_exact(total_pico: int, w: list[int], tie_keys: list[str]) -> np.nd
         shares[i] += 1
     return np.asarray(shares, dtype=np.int64)
 
-
-def pico_to_dollars(pico: int) -> Decimal:
-    return Decimal(pico) / PICO

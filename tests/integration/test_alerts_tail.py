@@ -25,7 +25,8 @@ from confluent_kafka import Producer
 
 from costpipe.core.kafka_clients import confluent_producer
 from costpipe.core.settings import Settings
-from costpipe.schemas.codec import encode_arrow, headers_for
+from costpipe.schemas.codec import encode_arrow
+from costpipe.schemas.envelope import headers_for
 from costpipe.schemas.records import ALERT
 
 pytestmark = pytest.mark.integration

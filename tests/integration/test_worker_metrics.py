@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from costpipe.schemas.codec import headers_for
+from costpipe.schemas.envelope import headers_for
 from tests.streams_support.harness import StreamsRun, free_port
 from tests.streams_support.workload import make_workload
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from aiohttp import web
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from costpipe import analytics
@@ -89,16 +89,27 @@ def _contains(blob: bytes) -> bool:
 
 
 def _topic_hits(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Canary hits per topic, reading every topic up to where it ends now (idle collectors
+    keep sending heartbeats, so "until quiet" would never end)."""
     consumer = Consumer(confluent_consumer(settings, f"canary-{uuid.uuid4().hex}"))
-    consumer.subscribe(topics)
+    ends: dict[tuple[str, int], int] = {}
+    for topic in topics:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        for partition in (meta.partitions if meta and meta.partitions else {}):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10)
+            if high > low:
+                ends[(topic, partition)] = high
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])
     hits: dict[str, int] = {}
-    seen, idle = 0, 0
-    while idle < 6:
-        messages = consumer.consume(500, 0.5)
-        idle = 0 if messages else idle + 1
-        for msg in messages:
+    seen = 0
+    deadline = time.monotonic() + 120
+    while ends and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 0.5):
             if msg.error():
                 continue
+            if msg.offset() + 1 >= ends.get((msg.topic(), msg.partition()), 0):
+                ends.pop((msg.topic(), msg.partition()), None)
             seen += 1
             parts = [msg.key() or b"", msg.value() or b""]
             parts += [k.encode() + (v or b"") for k, v in (msg.headers() or [])]

@@ -19,7 +19,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from costpipe.core.kafka_clients import confluent_admin, confluent_consumer, confluent_producer
 from costpipe.core.settings import Settings
-from costpipe.schemas.codec import ARROW, decode, encode_arrow, headers_for
+from costpipe.schemas.codec import decode, encode_arrow
+from costpipe.schemas.envelope import ARROW, headers_for, home_partitions
 from costpipe.schemas.records import COST_RECORD, DEAD_LETTER, WINDOW_AGGREGATE
 
 TOPIC_KEYS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter",
@@ -57,7 +58,9 @@ class StreamsRun:
         self.env.update(values)
         self.settings = Settings.model_validate({
             "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {k: values[f"COSTPIPE_TOPICS__{k.upper()}"] for k in TOPIC_KEYS},
+            "lake": {"location": values["COSTPIPE_LAKE__LOCATION"]},
+            "topics": {**{k: values[f"COSTPIPE_TOPICS__{k.upper()}"] for k in TOPIC_KEYS},
+                       "partitions": int(values["COSTPIPE_TOPICS__PARTITIONS"])},
             "windows": {"seconds": 60, "allowed_lateness_seconds": 20},
             "gpu": {"bucket_seconds": 10, "allowed_lateness_seconds": 5},
         })
@@ -69,8 +72,7 @@ class StreamsRun:
     def _create_topics(self) -> None:
         admin = AdminClient(confluent_admin(self.settings))
         t = self.settings.topics
-        wanted = [NewTopic(getattr(t, k), 1 if k in ("partials", "gpuwork") else 2, 1)
-                  for k in TOPIC_KEYS]
+        wanted = [NewTopic(getattr(t, k), 2, 1) for k in TOPIC_KEYS]
         for future in admin.create_topics(wanted).values():
             future.result(30)
 
@@ -78,8 +80,12 @@ class StreamsRun:
     def start_worker(self) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115
         level = os.environ.get("STREAMS_TEST_LOGLEVEL", "warning")
+        env = dict(self.env)
+        if self.workers:  # every further worker its own web page port
+            env["COSTPIPE_SERVERS__WORKER_WEB_PORT"] = str(free_port())
         proc = subprocess.Popen([sys.executable, "-m", "costpipe.cli", "worker", "--loglevel",
-                                 level, "--workdir", str(self.tmp / "worker")], env=self.env,
+                                 level, "--workdir",
+                                 str(self.tmp / f"worker{len(self.workers)}")], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
         self.workers.append(proc)
         return proc
@@ -101,10 +107,21 @@ class StreamsRun:
     # -- input
     def send(self, topic: str, batches: Iterable[pa.RecordBatch], record: str,
              partition: int | None = None) -> None:
+        """Send batches as the collectors do: each row to its home partition (by request_id
+        or gpu_uuid), unless `partition` pins them all to one."""
+        route = {"request_event": "request_id", "gpu_sample": "gpu_uuid"}.get(record)
+        count = self.settings.topics.partitions
         for i, batch in enumerate(batches):
-            extra = {} if partition is None else {"partition": partition}
-            self.producer.produce(topic, key=str(i).encode(), value=encode_arrow(batch),
-                                  headers=headers_for(ARROW, record), **extra)
+            if partition is not None or route is None or batch.num_rows == 0:
+                extra = {} if partition is None else {"partition": partition}
+                self.producer.produce(topic, key=str(i).encode(), value=encode_arrow(batch),
+                                      headers=headers_for(ARROW, record), **extra)
+                continue
+            homes = home_partitions(batch.column(route), count)
+            for home in sorted(set(homes.tolist())):
+                rows = batch.filter(pa.array(homes == home))
+                self.producer.produce(topic, key=str(i).encode(), value=encode_arrow(rows),
+                                      partition=home, headers=headers_for(ARROW, record))
         self.producer.flush(30)
 
     def send_raw(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:

@@ -14,8 +14,9 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pyarrow as pa
 from genai_prices import Usage, calc_price
 
+from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import Settings
-from costpipe.schemas.records import GPU_SAMPLE, MONEY_QUANTUM, REQUEST_EVENT
+from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 EXTERNAL = [("openai", "gpt-4o-mini", "chat"), ("openai", "gpt-4o", "reasoning"),
             ("anthropic", "claude-sonnet-4-5", "reasoning")]

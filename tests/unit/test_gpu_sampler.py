@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -57,11 +58,48 @@ def test_mig_instances_get_their_own_rows(monkeypatch: pytest.MonkeyPatch) -> No
         rows = sampler.sample().to_pylist()
     assert [(r["gpu_index"], r["mig_instance"]) for r in rows] == [
         (0, None), (0, "1"), (0, "2"), (1, None)]
-    parent, mig1, mig2 = rows[:3]
-    assert parent["power_w"] == 300.0 and parent["energy_mj"] == 1_000_000
+    parent, mig1, mig2, whole = rows
     assert mig1["gpu_uuid"] == "MIG-0-0" and mig1["memory_used_bytes"] == 3 * GIB
     assert mig2["memory_total_bytes"] == 10 * GIB
-    assert mig1["utilization_pct"] is None and mig1["power_w"] is None  # per-board only
+    assert mig1["utilization_pct"] is None
+    # one physical GPU is charged once: each instance its memory share (10 of 80 GiB), the
+    # parent the unpartitioned rest; the board's power split the same way, no energy counter
+    assert (mig1["gpu_fraction"], mig2["gpu_fraction"], parent["gpu_fraction"]) == (
+        0.125, 0.125, 0.75)
+    assert mig1["power_w"] + mig2["power_w"] + parent["power_w"] == pytest.approx(300.0)
+    assert parent["energy_mj"] is None and mig1["energy_mj"] is None
+    assert whole["gpu_fraction"] is None and whole["energy_mj"] == 1_000_000
+
+
+def test_a_mig_gpu_costs_exactly_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parent + instances of a MIG GPU add up to the cost of the same GPU unsplit (to the
+    pico-dollar rounding of each row), never to the parent in full plus the instances."""
+    from decimal import Decimal
+
+    import pyarrow.compute as pc
+
+    from costpipe.core.settings import Settings
+    from costpipe.streams.allocation.allocator import GpuAllocator
+
+    def bucket_cost(gpu: FakeGpu) -> Decimal:
+        FakeNvml([gpu]).install(monkeypatch)
+        allocator = GpuAllocator(Settings.model_validate(
+            {"gpu": {"bucket_seconds": 10, "allowed_lateness_seconds": 0},
+             "topics": {"partitions": 1}}), {})
+        start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        with GpuSampler(interval_s=1.0) as sampler:
+            for second in range(10):
+                allocator.add_samples(sampler.sample(start + dt.timedelta(seconds=second)),
+                                      f"gpu:0:{second}", "gpu:0")
+        end = int((start + dt.timedelta(seconds=60)).timestamp() * 1_000_000)
+        allocator.note_requests(end, "requests:t:0")
+        allocator.note_samples_until(end)
+        return pc.sum(allocator.close_ready().column("cost")).as_py()
+
+    split = bucket_cost(FakeGpu(0, mig=[(1, 3 * GIB), (2, 4 * GIB)], energy_mj=0))
+    whole = bucket_cost(FakeGpu(0, energy_mj=0))
+    assert whole > Decimal("0.005")  # would be ~2x if the parent were charged in full too
+    assert abs(split - whole) <= Decimal("3E-12")  # each of 3 rows rounds to the pico-dollar
 
 
 def test_gpu_lost_mid_run_logged_once_others_continue(

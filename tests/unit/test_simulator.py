@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from costpipe.cli import app
 from costpipe.collectors.simulator import SimulationSummary, Spike, simulate
+from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import Settings
 from costpipe.schemas.codec import validate
-from costpipe.schemas.records import GPU_SAMPLE, MONEY_QUANTUM, REQUEST_EVENT
+from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 START = dt.datetime(2025, 6, 1, 23, 59, 50, tzinfo=dt.UTC)  # crosses a UTC day
 
@@ -101,7 +102,8 @@ def test_expected_list_cost_equals_per_request_genai_prices():
 
 
 def test_expected_list_cost_matches_the_streams_catalog():
-    pricing = pytest.importorskip("costpipe.streams.pricing")
+    from costpipe.streams import pricing
+
     summary, requests, _ = _run(rate=200.0)
     _cost, list_cost, _status = pricing.price_batch(requests, Settings())
     assert pc.sum(list_cost).as_py() == summary.expected_external_list_cost

@@ -15,10 +15,11 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from costpipe.core.money import MONEY
 from costpipe.core.settings import Settings
 from costpipe.schemas.records import WINDOW_AGGREGATE
 from costpipe.streams.alerts import AlertEngine
-from costpipe.streams.windows import KEY_COLUMNS, LATE_REVISION_BASE, SUMS, WindowMerger
+from costpipe.streams.windows import COUNTS, KEY_COLUMNS, LATE_REVISION_BASE, WindowMerger
 
 W = 10_000_000  # 10 s windows, in µs
 SOURCES = ("requests:0", "requests:1", "gpuwork:0")
@@ -26,24 +27,29 @@ KEYS = (("chat", "external", "openai", "gpt-4o"), ("chat", "internal", "own", "l
         ("embed", "external", "openai", "e3"))
 
 
-def _settings(horizon: int) -> Settings:
-    return Settings.model_validate({"windows": {
-        "seconds": 10, "allowed_lateness_seconds": 5, "correction_horizon_seconds": horizon}})
+def _settings(horizon: int, requests_partitions: int = 2) -> Settings:
+    return Settings.model_validate({
+        "windows": {"seconds": 10, "allowed_lateness_seconds": 5,
+                    "correction_horizon_seconds": horizon},
+        "topics": {"partitions": requests_partitions}})
 
 
 def _partial(rows: list[tuple[int, int, int]]) -> pa.Table:
     """rows: (window index, key index, amount) -> a stage-1 partial table."""
-    cols: dict[str, list[Any]] = {c: [] for c in (*KEY_COLUMNS, *SUMS, "sk_list",
-                                                  "sk_count_list")}
+    cols: dict[str, list[Any]] = {c: [] for c in (*KEY_COLUMNS, *COUNTS, "cost", "shadow",
+                                                  "sk_list", "sk_count_list")}
     for window, k, amount in rows:
         cols["window_start"].append(window * W)
         for name, value in zip(KEY_COLUMNS[1:], KEYS[k], strict=True):
             cols[name].append(value)
-        for i, c in enumerate(SUMS):
+        for i, c in enumerate(COUNTS):
             cols[c].append(amount * (i + 1))
+        cols["cost"].append(Decimal(amount * 5).scaleb(-12))
+        cols["shadow"].append(Decimal(amount * 6).scaleb(-12))
         cols["sk_list"].append([100 + amount % 7])
         cols["sk_count_list"].append([amount])
-    return pa.table(cols)
+    return pa.table({**cols, "cost": pa.array(cols["cost"], MONEY),
+                     "shadow": pa.array(cols["shadow"], MONEY)})
 
 
 @st.composite
@@ -77,7 +83,8 @@ def _run(horizon: int, plan: list[tuple[str, int, int, pa.Table, bool]],
     for position, (source, offset, watermark, part, restart) in enumerate(plan):
         if restart:  # a new worker: indexes rebuilt from the persisted state
             merger = WindowMerger(_settings(horizon), store)
-        out.append(merger.apply(part, source, offset, watermark, position))
+        mark = None if source.startswith("gpuwork") else watermark  # allocators send none
+        out.append(merger.apply(part, source, offset, mark, position))
     return pa.concat_tables(out), store
 
 
@@ -125,8 +132,9 @@ def test_partials_sent_in_parts_merge_like_whole_messages(plan: list[Any],
         bounds = list(zip([0, *cuts], [*cuts, part.num_rows], strict=True))
         for number, (start, end) in enumerate(bounds, start=1):
             last = number == len(bounds)
+            mark = None if source.startswith("gpuwork") else watermark
             out.append(merger.apply(part.slice(start, end - start), source, offset,
-                                    watermark if last else None, position, final=last))
+                                    mark if last else None, position, final=last))
             position += 1
     split = pa.concat_tables(out)
     assert _sums(split) == _sums(whole)
@@ -136,7 +144,7 @@ def test_partials_sent_in_parts_merge_like_whole_messages(plan: list[Any],
 
 
 def test_late_partial_for_evicted_window_is_a_delta_not_revision_zero() -> None:
-    merger = WindowMerger(_settings(0), {})
+    merger = WindowMerger(_settings(0, requests_partitions=1), {})
     first = merger.apply(_partial([(0, 0, 5)]), "requests:0", 1, 0, position=0)
     assert first.num_rows == 0
     closed = merger.apply(_partial([(10, 0, 1)]), "requests:0", 2, 10 * W, position=1)
@@ -151,14 +159,14 @@ def test_late_partial_for_evicted_window_is_a_delta_not_revision_zero() -> None:
 
 def test_state_stays_bounded_over_many_windows() -> None:
     store: dict[str, Any] = {}
-    merger = WindowMerger(_settings(30), store)
+    merger = WindowMerger(_settings(30, requests_partitions=1), store)
     sizes = []
     for window in range(500):
         rows = [(window, k, 1) for k in range(3)] + [(max(window - 1, 0), 0, 1)]
         merger.apply(_partial(rows), "requests:0", window, window * W + W // 2, window)
         sizes.append(len(store))
-    # (lateness + horizon) / window + 2 windows of 3 keys, plus 3 markers.
-    assert max(sizes[100:]) <= 3 * 7 + 3
+    # (lateness + horizon) / window + 2 windows of 3 keys, plus 5 markers.
+    assert max(sizes[100:]) <= 3 * 7 + 5
     assert len(merger._closed) <= 7
 
 
@@ -188,11 +196,13 @@ def test_chunked_windows_fire_like_one_message() -> None:
     t0 = dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC)
     rows = [r for m in range(3) for r in _window_rows(t0 + dt.timedelta(minutes=m), 0.75)]
     table = pa.Table.from_pylist(rows, schema=WINDOW_AGGREGATE)
+    end = t0 + dt.timedelta(minutes=3)
     whole = AlertEngine(_alerts_settings())
-    want = whole.on_windows(table)
+    want = whole.on_windows(table, complete_through=end)
     chunked = AlertEngine(_alerts_settings())
     got = [a for batch in table.to_batches(max_chunksize=7)
            for a in chunked.on_windows(pa.Table.from_batches([batch]))]
+    got += chunked.on_windows(table.slice(0, 0), complete_through=end)  # the last marker
     key = sorted((a["rule"], a["key"], a["window_start"]) for a in want)
     assert key == sorted((a["rule"], a["key"], a["window_start"]) for a in got)
     # 3 windows over the 20 % external target, and $90 external spend > $50 once per hour.
@@ -208,8 +218,28 @@ def test_late_delta_rows_do_not_hide_the_window_share() -> None:
     t0 = dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC)
     rows = [*_window_rows(t0, 0.75), _row(t0, "zz", "external", "1", None, revision=1)]
     fired = AlertEngine(_alerts_settings()).on_windows(
-        pa.Table.from_pylist(rows, schema=WINDOW_AGGREGATE))
+        pa.Table.from_pylist(rows, schema=WINDOW_AGGREGATE),
+        complete_through=t0 + dt.timedelta(minutes=1))
     assert "dependency_share" in {a["rule"] for a in fired}
+
+
+def test_the_share_waits_for_every_merger_partition_and_survives_a_restart() -> None:
+    """A window's keys arrive from several merger partitions: its share is judged only once
+    it is complete, and a saved engine continues without firing anything twice."""
+    t0 = dt.datetime(2026, 1, 1, 10, tzinfo=dt.UTC)
+    rows = _window_rows(t0, 0.0)  # shares in rows are ignored: 30 of 40 dollars external
+    first, second = rows[:12], rows[12:]
+    engine = AlertEngine(_alerts_settings())
+    assert engine.on_windows(pa.Table.from_pylist(first, schema=WINDOW_AGGREGATE)) == []
+    saved = engine.to_state()
+    restored = AlertEngine.from_state(_alerts_settings(), saved)
+    fired = restored.on_windows(pa.Table.from_pylist(second, schema=WINDOW_AGGREGATE),
+                                complete_through=t0 + dt.timedelta(minutes=1))
+    shares = [a for a in fired if a["rule"] == "dependency_share"]
+    assert [round(a["observed"], 4) for a in shares] == [0.75]
+    again = AlertEngine.from_state(_alerts_settings(), restored.to_state())
+    assert again.on_windows(pa.Table.from_pylist(second, schema=WINDOW_AGGREGATE),
+                            complete_through=t0 + dt.timedelta(minutes=2)) == []
 
 
 def test_alert_state_is_bounded_by_the_horizon() -> None:
@@ -217,10 +247,11 @@ def test_alert_state_is_bounded_by_the_horizon() -> None:
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     for m in range(300):  # five hours of one-minute windows
         engine.on_windows(pa.Table.from_pylist(
-            _window_rows(t0 + dt.timedelta(minutes=m), 0.75), schema=WINDOW_AGGREGATE))
+            _window_rows(t0 + dt.timedelta(minutes=m), 0.75), schema=WINDOW_AGGREGATE),
+            complete_through=t0 + dt.timedelta(minutes=m + 1))
     assert sum(len(v) for v in engine.seen_windows.values()) <= 20 * 12
     assert len(engine.seen_ids) <= 15 and len(engine.last_fired) <= 15
-    assert len(engine.spend) <= 4
+    assert len(engine.spend) <= 4 and len(engine.window_costs) <= 1
     # A row older than the horizon is ignored (its period is gone), not double counted.
     old = _window_rows(t0, 0.75)
     assert engine.on_windows(pa.Table.from_pylist(old, schema=WINDOW_AGGREGATE)) == []

@@ -52,14 +52,14 @@ def _run(settings: Settings, replay: bool = False, restart_at: int | None = None
         offset += 1
         late = allocator.add_requests(pending, f"w{offset}")
         allocator.note_requests(pc.max(req.column("timestamp").cast(pa.int64())).as_py(), "r0")
-        allocator.add_samples(smp, f"w{offset}")
+        allocator.add_samples(smp, f"w{offset}", "gpu:0")
         closed = pa.concat_tables([conform(late, COST_RECORD), allocator.close_ready()])
         costs.append(closed)
         merge(closed, "gpuwork:0", offset)
     allocator.note_requests(2**62, "r0")  # requests stream finished
     for smp in work.samples[len(work.requests):]:
         offset += 1
-        allocator.add_samples(smp, f"w{offset}")
+        allocator.add_samples(smp, f"w{offset}", "gpu:0")
         closed = allocator.close_ready()
         costs.append(closed)
         merge(closed, "gpuwork:0", offset)
@@ -135,13 +135,20 @@ def test_a_backlogged_requests_partition_is_never_idle() -> None:
     busy partitions must hold the watermark back, or every own-model request arrives too late
     for its bucket (found with a 2M-event backlog: 0 of 800k own-model requests allocated)."""
     settings = _settings()
-    allocator = GpuAllocator(settings, {})
+    wall = [0.0]
+    allocator = GpuAllocator(settings, {}, clock=lambda: wall[0])
     minute = 60_000_000
     allocator.note_samples_until(60 * minute)
     allocator.note_requests(5 * minute, "r0", caught_up=False)
     assert allocator.watermark() == 5 * minute
-    allocator.note_requests(6 * minute, "r0", caught_up=True)  # quiet now: idle after 300 s
-    assert allocator.watermark() == 60 * minute
-    restarted = GpuAllocator(settings, allocator.store)
+    wall[0] += 3600  # a backlogged partition holds buckets back however long it takes
+    assert allocator.watermark() == 5 * minute
+    allocator.note_requests(6 * minute, "r0", caught_up=True)  # caught up: idle after 300 s
+    assert allocator.watermark() == 6 * minute
+    wall[0] += 301
+    assert allocator.watermark() == 60 * minute  # silent and caught up: the GPUs decide
+    restarted = GpuAllocator(settings, allocator.store, clock=lambda: wall[0])
     restarted.note_requests(6 * minute, "r0", caught_up=False)
-    assert GpuAllocator(settings, allocator.store).watermark() == 6 * minute  # persisted
+    wall[0] += 3600
+    assert GpuAllocator(settings, allocator.store, clock=lambda: wall[0]).watermark() \
+        == 6 * minute  # the backlog flag is persisted

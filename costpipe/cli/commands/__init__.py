@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "costpipe.cli.commands.simulate",
     "costpipe.cli.commands.worker",
     "costpipe.cli.commands.alerts",
+    "costpipe.cli.commands.deadletter",
+    "costpipe.cli.commands.heartbeat",
 ]
 
 

@@ -132,7 +132,8 @@ def register(app: typer.Typer) -> None:
         date: str = typer.Option(..., "--date", help="UTC day to export, YYYY-MM-DD"),
         format: ExportFormat = typer.Option(ExportFormat.parquet, "--format", "-f"),
         out: Path | None = typer.Option(None, "--out", "-o",
-                                        help="Folder (default <lake>/_exports/date=D/<format>)"),
+                                        help="Local folder (default "
+                                        "<lake>/_exports/date=D/<format>, in the lake)"),
         lake: str | None = typer.Option(None, "--lake", help="Lake folder/URL (else settings)"),
     ) -> None:
         """Compact one day into sorted Parquet (or FinOps FOCUS) files plus manifest.json."""
@@ -143,16 +144,17 @@ def register(app: typer.Typer) -> None:
             day = dt.date.fromisoformat(date)
         except ValueError:
             _fail(f"--date {date!r} is not a date; use YYYY-MM-DD, e.g. --date 2026-11-02")
+        settings = _settings(lake)
         try:
-            result = export_day(open_lake(_settings(lake).lake.location), day, format.value,
-                                str(out) if out else None)
+            result = export_day(open_lake(settings.lake.location, settings.lake), day,
+                                format.value, str(out) if out else None)
         except (OSError, ValueError) as exc:
             _fail(f"export failed: {exc}", 1)
         for name, entry in result.manifest["tables"].items():
             sums = ", ".join(f"{k}={v}" for k, v in entry.get("sums", {}).items())
             typer.echo(f"{name}: {entry['rows']} row(s) in {len(entry['files'])} file(s)"
                        + (f"; {sums}" if sums else ""))
-        typer.echo(f"manifest: {Path(result.out_dir) / 'manifest.json'}")
+        typer.echo(f"manifest: {result.out_dir}/manifest.json")  # a path or an s3:// URL
 
     @app.command()
     def report(

@@ -79,5 +79,24 @@ def register(app: typer.Typer) -> None:
             for name in wanted:
                 mark = "ok" if name in state.topics else "missing (run `costpipe kafka up`)"
                 typer.echo(f"  {name}: {mark}")
+            _print_members(settings)
         else:
             raise typer.Exit(code=1)
+
+
+def _print_members(settings) -> None:  # type: ignore[no-untyped-def]
+    """The worker group's live members and their lake; one warning line if it is split."""
+    import time
+
+    from costpipe.streams.members import ALIVE_SECONDS, read_members, split_lake_warning
+
+    if settings.topics.members not in broker.topic_names(settings):
+        return
+    members = read_members(settings, timeout=5.0)
+    live = [m for m in members if time.time() - m.seen <= ALIVE_SECONDS]
+    typer.echo(f"workers of group {settings.servers.worker_group}: {len(live)} live")
+    for member in sorted(live, key=lambda m: m.worker):
+        typer.echo(f"  {member.host} pid {member.pid}: lake {member.lake}")
+    warning = split_lake_warning(members)
+    if warning:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)

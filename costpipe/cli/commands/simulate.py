@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import typer
 
@@ -66,18 +67,23 @@ def register(app: typer.Typer) -> None:
                         fg=typer.colors.YELLOW)
 
 
-def _run_with_progress(run, settings, rate, duration, share, seed, gpus, spikes, begin,
-                       fast, quiet):  # type: ignore[no-untyped-def]
+def _run_with_progress(run: Any, settings: Any, rate: float, duration: int, share: float,
+                       seed: int, gpus: int, spikes: list[Any], begin: dt.datetime | None,
+                       fast: bool, quiet: bool) -> Any:
+    """Run the simulation with a progress bar on stderr (none with --json: output is data)."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    kwargs = dict(rate=rate, duration_s=duration, internal_share=share, seed=seed, gpus=gpus,
+                  spikes=spikes, start=begin, as_fast_as_possible=fast)
+    if quiet:
+        return run(settings, **kwargs)
     with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total} s"), TimeRemainingColumn(), transient=True) as bar:
+                  "{task.total} s"), TimeRemainingColumn(), transient=True,
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task("simulate", total=duration)
-        return run(settings, rate=rate, duration_s=duration, internal_share=share, seed=seed,
-                   gpus=gpus, spikes=spikes, start=begin, as_fast_as_possible=fast,
+        return run(settings, **kwargs,
                    progress=lambda done, _total: bar.update(task, completed=done))
-
-
 def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table

@@ -49,7 +49,8 @@ def test_small_batches_are_coalesced_into_full_envelopes(kafka_bootstrap, tmp_pa
 
     settings = settings_for(kafka_bootstrap, tmp_path)
     topic = unique_topic()
-    producer = BatchingProducer(settings, topic, metrics=False, max_rows=1000, linger_s=5.0)
+    producer = BatchingProducer(settings, topic, metrics=False, max_rows=1000, linger_s=5.0,
+                                route_by=None)
     for start in range(0, 5000, 100):
         producer.emit_batch(pa.Table.from_pylist([_event(i) for i in range(start, start + 100)]))
     producer.close()
@@ -63,7 +64,7 @@ def test_outage_spools_then_restart_replays_in_order(kafka_bootstrap, tmp_path):
     topic = unique_topic()
     down = settings_for(f"127.0.0.1:{_closed_port()}", tmp_path)
     producer = BatchingProducer(down, topic, spool_dir=spool, metrics=False,
-                                delivery_timeout_s=1.0, key_slots=1, linger_s=0.05)
+                                delivery_timeout_s=1.0, route_by=None, linger_s=0.05)
     slowest = 0.0
     for i in range(3000):
         started = time.perf_counter()
@@ -78,7 +79,7 @@ def test_outage_spools_then_restart_replays_in_order(kafka_bootstrap, tmp_path):
     assert producer.stats["spool_pending"] == 3000
 
     up = settings_for(kafka_bootstrap, tmp_path)
-    restarted = BatchingProducer(up, topic, spool_dir=spool, metrics=False, key_slots=1)
+    restarted = BatchingProducer(up, topic, spool_dir=spool, metrics=False, route_by=None)
     restarted.emit(_event(3000))  # new events queue behind the spool
     restarted.close(timeout=20.0)
     assert restarted.stats["sent"] == 3001
@@ -109,3 +110,48 @@ def test_full_queue_spills_and_bad_events_are_kept(kafka_bootstrap, tmp_path):
     assert json.loads(rejected[0])["event"]["request_id"] == "r009999"
     table = read_topic(settings, topic, 5000)
     assert sorted(table.column("request_id").to_pylist()) == [f"r{i:06d}" for i in range(5000)]
+
+
+def test_rows_go_to_their_home_partition_in_full_envelopes(kafka_bootstrap, tmp_path):
+    """Every row lands in Kafka's murmur2 partition of its request_id (where the worker
+    de-duplicates it), and each partition still gets full envelopes."""
+    import uuid
+
+    import numpy as np
+    import pyarrow as pa
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from costpipe.core.kafka_clients import confluent_admin, confluent_consumer
+    from costpipe.schemas.codec import decode
+    from costpipe.schemas.envelope import home_partitions
+
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    topic = unique_topic()
+    admin = AdminClient(confluent_admin(settings))
+    admin.create_topics([NewTopic(topic, 4, 1)])[topic].result(30)
+    producer = BatchingProducer(settings, topic, metrics=False, max_rows=1000, linger_s=5.0)
+    for start in range(0, 8000, 100):
+        producer.emit_batch(pa.Table.from_pylist([_event(i) for i in range(start, start + 100)]))
+    producer.close()
+    consumer = Consumer(confluent_consumer(settings, f"test-{uuid.uuid4().hex}"))
+    consumer.subscribe([topic])
+    seen: dict[int, list[int]] = {}
+    ids: list[str] = []
+    deadline = time.monotonic() + 30
+    while sum(map(sum, seen.values())) < 8000 and time.monotonic() < deadline:
+        for message in consumer.consume(500, 0.5):
+            if message.error():
+                continue
+            batch = decode(message.value(), message.headers()).batch
+            homes = home_partitions(batch.column("request_id"), 4)
+            assert (homes == message.partition()).all(), "a row outside its home partition"
+            assert message.key() == batch.column("request_id")[0].as_py().encode()
+            seen.setdefault(message.partition(), []).append(batch.num_rows)
+            ids += batch.column("request_id").to_pylist()
+    consumer.close()
+    assert sorted(ids) == [f"r{i:06d}" for i in range(8000)]
+    assert len(seen) == 4
+    for sizes in seen.values():  # full envelopes but the last one per partition
+        assert all(n == 1000 for n in sizes[:-1]), sizes
+        assert np.sum(sizes) > 1000

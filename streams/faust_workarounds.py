@@ -1,0 +1,179 @@
+"""Every faust-streaming patch and workaround setting of the worker, in one place.
+
+Each one names the faust-streaming version it was written for and the upstream issue; the
+reasons and measurements are in docs/decisions/2026-11-28-faust-workarounds.md. `install()`
+refuses to run on another faust-streaming version: a patch written against one version's
+private code must be re-read, not silently applied (or silently skipped) on another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
+
+from costpipe.core.metrics import REWINDS, STALE_ACKS
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FAUST = ("0.15.3",)
+
+# Workaround settings (keyword arguments of faust.App), see the decision record:
+# topics created just before a worker starts can be missing from its first metadata, and the
+# assignor skips them until the next refresh (default 5 min).
+CONSUMER_METADATA_MAX_AGE_MS = 10_000
+# faust-streaming#173: more than `max_messages` pending table writes pause every stream.
+PRODUCER_BUFFER_MAX_MESSAGES = 1_000
+MAX_REWINDS_PER_OFFSET = 3
+WAIT_EMPTY_SECONDS = 10.0
+
+
+class FaustVersionError(RuntimeError):
+    """The installed faust-streaming is not the one these workarounds were written for."""
+
+
+pending_rewinds: dict[Any, int] = {}  # tp -> committed offset that no agent acknowledged
+rewinds_done: dict[tuple[Any, int], int] = {}
+
+
+def check_version(version: str | None = None) -> None:
+    found = version or faust.__version__
+    if found not in SUPPORTED_FAUST:
+        raise FaustVersionError(
+            f"faust-streaming {found} is installed, but costpipe's workarounds were written for "
+            f"{', '.join(SUPPORTED_FAUST)}: install faust-streaming=={SUPPORTED_FAUST[-1]}, or "
+            "re-check each patch in streams/faust_workarounds.py against the new "
+            "version and add it to SUPPORTED_FAUST")
+
+
+def _patch(owner: type, name: str, make: Callable[[Any], Any]) -> None:
+    """Replace owner.name once (idempotent across re-imports)."""
+    original = getattr(owner, name)
+    if getattr(original, "_costpipe_patch", False):
+        return
+    patched = make(original)
+    patched._costpipe_patch = True
+    setattr(owner, name, patched)
+
+
+def refuse_stale_generation_acks() -> None:
+    """Never acknowledge a message that Faust skipped around a rebalance.
+
+    faust-streaming 0.15.3, `Stream._py_aiter`: a message with a stale generation, or one that
+    arrives while flow control is suspended, is skipped and acked anyway (robinhood/faust#604;
+    the skip itself came with faust-streaming#221/#223). Refusing the ack leaves the offset
+    uncommitted, and the seek to the committed offset after the rebalance reads it again.
+    """
+    def make(original: Callable[..., bool]) -> Callable[..., bool]:
+        def ack(self: Consumer, message: Any) -> bool:
+            generation = getattr(message, "generation_id", None)
+            stale = generation is not None and generation != self.app.consumer_generation_id
+            if stale or not self.app.flow_control.is_active():
+                self._unacked_messages.discard(message)
+                STALE_ACKS.inc()
+                log.info("not acking %s@%d: fetched before or during a rebalance, it will be "
+                         "read again", message.tp, message.offset)
+                return False
+            return original(self, message)
+        return ack
+
+    _patch(Consumer, "ack", make)
+
+
+def commit_only_from_committed_offset() -> None:
+    """Never commit over an unacknowledged message at the head of a partition.
+
+    faust-streaming 0.15.3, `Consumer._new_offset` commits over a hole of exactly one message
+    (faust-streaming#312; its fix #313 handles only `min(acked) - committed > 1`). Here the
+    commit waits and `rewind_unprocessed` seeks back to that offset; after
+    MAX_REWINDS_PER_OFFSET tries it is accepted as a gap (a transaction marker or compacted
+    record), with a warning.
+    """
+    def make(original: Callable[..., int | None]) -> Callable[..., int | None]:
+        def _new_offset(self: Consumer, tp: Any) -> int | None:
+            acked = self._acked[tp]
+            committed = self._committed_offset[tp]
+            if acked and committed is not None and min(acked) > committed \
+                    and not self._gap[tp].overlaps(committed):
+                tries = rewinds_done.get((tp, committed), 0)
+                if tries < MAX_REWINDS_PER_OFFSET:
+                    pending_rewinds[tp] = committed
+                    return None
+                log.warning("%s: offset %d was never acknowledged after %d re-reads; "
+                            "committing past it as a gap", tp, committed, tries)
+            return original(self, tp)
+        return _new_offset
+
+    _patch(Consumer, "_new_offset", make)
+
+
+async def rewind_unprocessed(app: faust.App) -> None:
+    """Seek partitions back to a committed offset that no agent acknowledged (run by a timer)."""
+    if not pending_rewinds or not app.flow_control.is_active():
+        return
+    assignment = app.consumer.assignment()
+    for tp, offset in list(pending_rewinds.items()):
+        del pending_rewinds[tp]
+        if tp not in assignment or app.consumer._committed_offset[tp] != offset:
+            continue  # moved on (revoked, or a rebalance already sought it)
+        rewinds_done[(tp, offset)] = rewinds_done.get((tp, offset), 0) + 1
+        REWINDS.inc()
+        log.warning("%s: offset %d was skipped and never acknowledged; reading the partition "
+                    "again from there", tp, offset)
+        await app.consumer.seek(tp, offset)
+
+
+def bounded_wait_empty() -> None:
+    """Stop waiting for unacknowledged messages after WAIT_EMPTY_SECONDS.
+
+    faust-streaming 0.15.3, `Consumer.wait_empty`: before a rebalance (and a stop) completes,
+    Faust waits, with no time limit, for every fetched message to be acknowledged
+    (robinhood/faust#402, faust-streaming#133). A stage that acknowledges only once its output
+    is durable (the lake sink, alerting) cannot during the rebalance (acks are refused then,
+    `refuse_stale_generation_acks`), so the rebalance waited forever: a worker hung for good
+    after a broker restart, its web page still answering. After the time limit the waiting
+    messages are let go: they are not committed, so whoever owns the partition reads them
+    again.
+    """
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        # Not a wrapper around the original: its `_wait_for_ack` swallows CancelledError, so
+        # asyncio.wait_for could never cancel it. The same loop, with a deadline.
+        async def wait_empty(self: Consumer) -> None:
+            deadline = time.monotonic() + WAIT_EMPTY_SECONDS
+            while not self.should_stop and self._unacked_messages \
+                    and time.monotonic() < deadline:
+                await self.commit()
+                if not self._unacked_messages:
+                    break
+                await self._wait_for_ack(timeout=1)
+                self._clean_unacked_messages()
+            if self._unacked_messages and not self.should_stop:
+                log.warning("%d message(s) still unacknowledged after %.0f s at a rebalance; "
+                            "letting them go (they will be read again)",
+                            len(self._unacked_messages), WAIT_EMPTY_SECONDS)
+                self._unacked_messages.clear()
+            await self.commit_and_end_transactions()
+        return wait_empty
+
+    _patch(Consumer, "wait_empty", make)
+
+
+def quiet_worker(worker: Any) -> None:
+    """No terminal spinner: mode's Worker sets the root logger to DEBUG to drive it, so every
+    debug call in aiokafka and Faust builds a log record (~3 % of the worker's CPU). No
+    upstream issue."""
+    worker.spinner = None
+
+
+def install() -> None:
+    """Check the version, then apply the patches (idempotent)."""
+    check_version()
+    refuse_stale_generation_acks()
+    commit_only_from_committed_offset()
+    bounded_wait_empty()
+    ProducerBuffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES
