@@ -45,13 +45,11 @@ test: venv chromium ## Set up, then run the test suite (the session fixture star
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
 
-bench: kafka ## Run the benchmarks (bench/run_all.py) and print their figures
-	@if [ -f bench/run_all.py ]; then $(PY) bench/run_all.py; \
-	else echo "Not built yet: bench/run_all.py"; fi
+bench: kafka ## Run the benchmarks (bench/run_all.py), print their figures, write bench/RESULTS.md
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
-soak: kafka ## Long-running reliability run (bench/soak.py)
-	@if [ -f bench/soak.py ]; then $(PY) bench/soak.py; \
-	else echo "Not built yet: bench/soak.py"; fi
+soak: kafka ## Long-running reliability run (tools/soak.py)
+	$(PY) -m tools.soak
 
 clean: ## Stop the local broker and remove state (.costpipe/) and caches; keeps .venv
 	-@if [ -x $(COSTPIPE) ]; then $(COSTPIPE) kafka down; \

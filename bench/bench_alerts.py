@@ -7,7 +7,7 @@ one window. Operations take turns, so each key's baseline settles between its sp
 per spike = time its alert arrived - time the first spiking tick was handed to the producer.
 Target: p99 <= window + 2 s.
 
-    .venv/bin/python bench/bench_alerts.py [--spikes 24]
+    .venv/bin/python -m bench.bench_alerts [--spikes 24]
 Last line: JSON with p50/p99 latency and how many spikes alerted.
 """
 
@@ -18,9 +18,6 @@ import datetime as dt
 import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition

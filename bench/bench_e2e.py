@@ -13,7 +13,7 @@ topic. Then, one after another on that data:
 Per-event peers read a prefix of the JSON topic (`--quix-events`, `--faust-events`) so a run
 finishes in minutes; their rates are per event, so the ratio is fair.
 
-    .venv/bin/python bench/bench_e2e.py [--requests N]
+    .venv/bin/python -m bench.bench_e2e [--requests N]
 Last line: JSON with events_per_s for costpipe, limit, quix, faust and the ratios.
 """
 
@@ -24,9 +24,6 @@ import datetime as dt
 import os
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl
 import pyarrow as pa
@@ -51,7 +48,8 @@ from costpipe.collectors.heartbeat import send_watermark
 from costpipe.collectors.producer import BatchingProducer, producer_for
 from costpipe.collectors.simulator import simulate
 from costpipe.core.kafka_clients import confluent_consumer, confluent_producer
-from costpipe.schemas.codec import ARROW, encode_arrow, headers_for
+from costpipe.schemas.codec import encode_arrow
+from costpipe.schemas.envelope import ARROW, headers_for
 from costpipe.schemas.records import REQUEST_EVENT
 
 QUIX_PY = ROOT / "bench" / ".venv-quix" / "bin" / "python"

@@ -7,7 +7,7 @@ fresh records, and the same records again at new offsets (what a killed costing 
 re-emits: every row goes through the exact duplicate check and nothing is written).
 Compare with the costing agent's rate (bench_streams.py, bench_e2e.py): the sink must keep up.
 
-    .venv/bin/python bench/bench_lake_sink.py [--rows 2000000] [--flush-rows 200000]
+    .venv/bin/python -m bench.bench_lake_sink [--rows 2000000] [--flush-rows 200000]
 Last line: JSON with both rates.
 """
 
@@ -19,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import emit
 from costpipe.analytics import sample

@@ -10,7 +10,7 @@ State legitimately fills while windows are still kept: window + lateness + the c
 horizon (`windows.correction_horizon_seconds`). `--settle` defaults to that span plus 45 s;
 flat = end RSS within 10% of the RSS at the settle point.
 
-    .venv/bin/python bench/bench_memory.py \
+    .venv/bin/python -m bench.bench_memory \
         [--duration 600] [--rate 3000] [--keys 100000] [--horizon SECONDS]
 Last line: JSON with start/end/max RSS (MiB) and the growth.
 """
@@ -22,8 +22,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pyarrow as pa

@@ -4,7 +4,7 @@ Two figures: the conversion path alone (protobuf parse -> rows -> validated Arro
 process) and end to end over HTTP (receiver in its own process, protobuf exports of
 `--spans-per-request` spans posted by `--concurrency` clients).
 
-    .venv/bin/python bench/bench_otlp.py [--requests 200] [--spans-per-request 500] [--kafka]
+    .venv/bin/python -m bench.bench_otlp [--requests 200] [--spans-per-request 500] [--kafka]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from tests.openai_stub import free_port  # noqa: E402
 from tests.otlp_payloads import GENAI, export_request, span  # noqa: E402
@@ -113,7 +112,7 @@ def main() -> None:
                                "genai_share": 0.8, "load_avg_1m": os.getloadavg()[0]}
     figures["in_process_spans_per_cpu_s"] = round(in_process(args.spans_per_request, 40))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_otlp", "--serve", str(port),
                              *(["--kafka"] if args.kafka else [])])
     try:
         seconds = asyncio.run(over_http(f"http://127.0.0.1:{port}/v1/traces",

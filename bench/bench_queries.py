@@ -2,7 +2,7 @@
 
 Prints generation/write time, lake size, and the median of 3 runs of `dependency_share()` and
 `cost_per_operation()` (and the other views) through the public Python API (polars out).
-Target: < 1 s each at 10M rows. Usage: python bench/bench_queries.py [--rows 100000000]
+Target: < 1 s each at 10M rows. Usage: python -m bench.bench_queries [--rows 100000000]
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ import argparse
 import datetime as dt
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from costpipe import analytics
 from costpipe.analytics import sample

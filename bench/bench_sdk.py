@@ -2,13 +2,13 @@
 
 Measures `with track(...) as t: t.usage(...)` on the caller's thread with the real producer
 behind it (events are queued; the sender thread encodes and ships them to Kafka). Run:
-    .venv/bin/python bench/bench_sdk.py [calls]
+    .venv/bin/python -m bench.bench_sdk [calls]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -53,4 +53,6 @@ def main(calls: int = 200_000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200_000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("calls", nargs="?", type=int, default=200_000, help="tracked calls")
+    main(parser.parse_args().calls)

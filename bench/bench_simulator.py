@@ -2,13 +2,13 @@
 
 Runs `simulate(..., as_fast_as_possible=True)` through the shared producers to fresh topics
 and reports events/s including the final flush (every event acknowledged by the broker). Run:
-    .venv/bin/python bench/bench_simulator.py [rate] [s]
+    .venv/bin/python -m bench.bench_simulator [rate] [s]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -36,5 +36,9 @@ def main(rate: float = 100_000.0, duration_s: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(float(args[0]) if args else 100_000.0, int(args[1]) if len(args) > 1 else 20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rate", nargs="?", type=float, default=100_000.0,
+                        help="simulated requests per second")
+    parser.add_argument("seconds", nargs="?", type=int, default=20, help="simulated seconds")
+    args = parser.parse_args()
+    main(args.rate, args.seconds)

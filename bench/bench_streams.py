@@ -2,23 +2,19 @@
 price, GPU allocation) + stage-1 partials + stage-2 merge, Arrow batches of 1,000 events.
 
 Measures the processing path the Faust agents run per message, without Kafka (the broker and
-Faust overheads are measured in DESIGN.md: ~300 µs per message, i.e. ~0.3 s per 1M events at
-1,000 events per message). Prints events/s.
+Faust overheads, ~300 µs per message, are in docs/decisions/2026-11-25-arrow-envelopes.md).
+Prints events/s.
 
-    .venv/bin/python bench/bench_streams.py [--events 200000]
+    .venv/bin/python -m bench.bench_streams [--events 200000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from costpipe.core.settings import Settings
 from costpipe.schemas.codec import conform

@@ -29,7 +29,8 @@ from costpipe.core.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv" / "bin" / "python")
 COSTPIPE = str(ROOT / ".venv" / "bin" / "costpipe")
-TOPICS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork")
+TOPICS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork",
+          "members")
 
 
 def bootstrap() -> str:
@@ -80,17 +81,21 @@ def fresh_run(extra: dict[str, str] | None = None) -> Run:
     return Run(suffix, folder, env, load_settings(environ=env), dict(extra or {}))
 
 
-def create_topics(run: Run, extra: dict[str, int] | None = None) -> None:
-    """Create the run's topics up front (partials/gpuwork: one partition, as the agents need)."""
+def create_topics(run: Run, extra: dict[str, int] | None = None,
+                  skip: tuple[str, ...] = ()) -> None:
+    """Create the run's topics up front, as `costpipe kafka up` does (`skip`: topics that
+    exist already, e.g. inputs shared by several runs)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from costpipe.core import limits
     from costpipe.core.kafka_clients import confluent_admin
 
     admin = AdminClient(confluent_admin(run.settings))
-    wanted = [NewTopic(getattr(run.settings.topics, k),
-                       1 if k in ("partials", "gpuwork") else run.settings.topics.partitions, 1,
-                       config={"max.message.bytes": str(16 * 1024 * 1024)})
-              for k in TOPICS]
+    counts = run.settings.topics.partition_counts()
+    wanted = [NewTopic(getattr(run.settings.topics, k), counts[getattr(run.settings.topics, k)],
+                       1, config={"max.message.bytes":
+                                  str(limits.request_bytes(run.settings.kafka))})
+              for k in TOPICS if k not in skip]
     wanted += [NewTopic(name, parts, 1) for name, parts in (extra or {}).items()]
     for future in admin.create_topics(wanted).values():
         future.result(30)

@@ -6,7 +6,7 @@ same run on the same topic data and reported as ratios, because absolute figures
 shared machine. Needs a broker: KAFKA_BOOTSTRAP_SERVERS, else the local one (`make bench` starts
 it).
 
-    .venv/bin/python bench/run_all.py [--runs 3] [--only e2e,alerts] [--memory-duration 600]
+    .venv/bin/python -m bench.run_all [--runs 3] [--only e2e,alerts] [--memory-duration 600]
                                       [--rows-100m] [--quick]
 """
 
@@ -19,14 +19,11 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 from rich.progress import Progress
@@ -35,7 +32,8 @@ from rich.table import Table
 from bench.common import PY, ROOT, bootstrap, median
 
 QUIX_VENV = ROOT / "bench" / ".venv-quix"
-DATA = ROOT / "bench" / "data"
+DATA = ROOT / "bench" / "data"  # generated lakes (not committed)
+STORE = ROOT / "bench" / "results.json"  # every benchmark's last runs (committed)
 console = Console()
 
 
@@ -108,9 +106,9 @@ def ge(limit: float) -> Callable[[float], bool]:
 
 
 def half_e2e_rate() -> int:
-    """Half the e2e median of the last run (bench/data/results.json): the memory bench's rate."""
+    """Half the e2e median of the last run (bench/results.json): the memory bench's rate."""
     try:
-        saved = json.loads((DATA / "results.json").read_text())
+        saved = json.loads(STORE.read_text())
         return int(median(saved["e2e"]["values"]["costpipe_events_per_s"]) / 2)
     except (OSError, KeyError, TypeError, ValueError):
         return 50_000
@@ -123,7 +121,7 @@ def benches(args: argparse.Namespace) -> list[Bench]:
     rows10 = "1000000" if args.quick else "10000000"
     out = [
         Bench("e2e", "End-to-end throughput (one worker) vs limit and peers, same data",
-              [PY, "bench/bench_e2e.py", *e2e_args], last_json, (
+              [PY, "-m", "bench.bench_e2e", *e2e_args], last_json, (
                   Figure("costpipe_events_per_s", "costpipe sustained", "events/s",
                          ">= 100,000", ge(100_000)),
                   Figure("worker_cpu_us_per_event", "costpipe worker CPU per event", "us",
@@ -138,26 +136,26 @@ def benches(args: argparse.Namespace) -> list[Bench]:
                   Figure("costpipe_over_faust", "costpipe / Faust per-event", "x", digits=1),
               )),
         Bench("alerts", "Alert latency (2 s windows, lateness 0, 24 spikes per run)",
-              [PY, "bench/bench_alerts.py", *(["--spikes", "8"] if args.quick else [])],
+              [PY, "-m", "bench.bench_alerts", *(["--spikes", "8"] if args.quick else [])],
               last_json, (
                   Figure("p50_s", "spike -> alert p50", "s", digits=2),
                   Figure("p99_s", "spike -> alert p99", "s", "<= 4 (window + 2)", le(4.0), 2),
                   Figure("alerted", "spikes alerted (of 24)", ""),
               ), runs=1 if args.quick else None),
         Bench("queries", f"Query speed over {int(rows10):,} cost records",
-              [PY, "bench/bench_queries.py", "--rows", rows10, "--lake", str(lake10)],
+              [PY, "-m", "bench.bench_queries", "--rows", rows10, "--lake", str(lake10)],
               parse_queries, tuple(  # the issue's target is on the first two only
                   Figure(n, n, "s", "< 1", le(1.0), 3) if n in ("dependency_share",
                                                                 "cost_per_operation")
                   else Figure(n, n, "s", digits=3)
                   for n in ("dependency_share", "cost_per_operation", "avoided_spend",
                             "breakeven"))),
-        Bench("sdk", "SDK caller overhead per tracked call", [PY, "bench/bench_sdk.py"],
+        Bench("sdk", "SDK caller overhead per tracked call", [PY, "-m", "bench.bench_sdk"],
               parse_sdk, (Figure("cpu_us", "caller-thread CPU", "us", "<= 10", le(10.0), 2),
                           Figure("wall_us", "caller wall time (GIL shared)", "us", digits=2))),
         Bench("proxy", "Proxy added latency, 200 streams in flight (Kafka producer on; proxy"
               " on its own CPU, stub + load generator on the other)",
-              [PY, "bench/bench_proxy.py", "--kafka",
+              [PY, "-m", "bench.bench_proxy", "--kafka",
                *(["--rounds", "10", "--blocks", "5"] if args.quick else [])],
               last_json, (
                   Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
@@ -169,34 +167,37 @@ def benches(args: argparse.Namespace) -> list[Bench]:
                          digits=1),
                   Figure("proxy_cpu_us_per_chunk", "proxy CPU per chunk", "us", digits=1),
               )),
+        Bench("proxy_aiohttp", "Proxy added latency with an aiohttp data path, same harness as"
+              " proxy",
+              [PY, "-m", "bench.bench_proxy", "--kafka", "--data-path", "aiohttp",
+               *(["--rounds", "10", "--blocks", "5"] if args.quick else [])],
+              last_json, (
+                  Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
+                  Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", digits=2),
+                  Figure("added_ttft_ms_p50", "added p50 (first chunk)", "ms", digits=2),
+                  Figure("added_ttft_ms_p99", "added p99 (first chunk)", "ms", digits=2),
+                  Figure("direct_stream_ms_p99", "direct stream p99 (0.4 s nominal)", "ms",
+                         digits=1),
+                  Figure("proxy_cpu_us_per_chunk", "proxy CPU per chunk", "us", digits=1),
+              )),
         Bench("proxy_herd", "Proxy, 200 requests sent in the same millisecond (a burst: the"
               " last waits for the 199 set-ups before it)",
-              [PY, "bench/bench_proxy.py", "--kafka", "--load", "herd", "--rounds",
+              [PY, "-m", "bench.bench_proxy", "--kafka", "--load", "herd", "--rounds",
                "5" if args.quick else "10"],
               last_json, (
                   Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
                   Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", digits=2),
                   Figure("added_ttft_ms_p99", "added p99 (first chunk)", "ms", digits=2),
               )),
-        Bench("proxy_old_harness", "Proxy, burst of 200 with the aiohttp stub and client"
-              " (the harness of the figures before 11-30; ~1.2 ms CPU per request each)",
-              [PY, "bench/bench_proxy.py", "--kafka", "--harness", "aiohttp", "--no-pin",
-               "--rounds", "5" if args.quick else "10"],
-              last_json, (
-                  Figure("added_stream_ms_p50", "added p50 (whole stream)", "ms", digits=2),
-                  Figure("added_stream_ms_p99", "added p99 (whole stream)", "ms", digits=2),
-                  Figure("direct_ttft_ms_p50", "direct first chunk p50 (harness queueing)",
-                         "ms", digits=1),
-              )),
-        Bench("otlp", "OTLP receiver", [PY, "bench/bench_otlp.py"], last_json, (
+        Bench("otlp", "OTLP receiver", [PY, "-m", "bench.bench_otlp"], last_json, (
             Figure("http_spans_per_s", "spans/s over HTTP", "spans/s"),
             Figure("in_process_spans_per_cpu_s", "spans per CPU second, in process", "spans/s"),
         )),
-        Bench("simulator", "Simulator into Kafka", [PY, "bench/bench_simulator.py"],
+        Bench("simulator", "Simulator into Kafka", [PY, "-m", "bench.bench_simulator"],
               parse_simulator, (Figure("events_per_s", "simulator -> Kafka", "events/s"),)),
         Bench("memory", f"Worker RSS, {args.memory_duration} s at {memory_rate:,} req/s (half the"
               " e2e median), 100k keys",
-              [PY, "bench/bench_memory.py", "--duration", str(args.memory_duration),
+              [PY, "-m", "bench.bench_memory", "--duration", str(args.memory_duration),
                "--rate", str(memory_rate)],
               last_json, (
                   Figure("settle_s", "start taken at (window + lateness + horizon + 45)", "s"),
@@ -207,10 +208,10 @@ def benches(args: argparse.Namespace) -> list[Bench]:
     ]
     if (ROOT / "bench" / "bench_streams.py").exists():
         out.insert(1, Bench("streams", "Stream processing per batch, no Kafka (one core)",
-                            [PY, "bench/bench_streams.py"], parse_streams,
+                            [PY, "-m", "bench.bench_streams"], parse_streams,
                             (Figure("events_per_s", "costing+partials+merge", "events/s"),)))
     out.insert(2, Bench("lake_sink", "Parquet sink core: dedup, sort, write, fsync, rename",
-                        [PY, "bench/bench_lake_sink.py",
+                        [PY, "-m", "bench.bench_lake_sink",
                          *(["--rows", "500000"] if args.quick else [])], last_json, (
                             Figure("fresh_rows_per_s", "fresh rows made durable", "rows/s"),
                             Figure("reemitted_rows_per_s", "re-emitted rows checked and dropped",
@@ -219,7 +220,7 @@ def benches(args: argparse.Namespace) -> list[Bench]:
     if args.rows_100m:
         out.append(Bench(
             "queries100m", "Query speed over 100,000,000 cost records",
-            [PY, "bench/bench_queries.py", "--rows", "100000000", "--lake",
+            [PY, "-m", "bench.bench_queries", "--rows", "100000000", "--lake",
              str(DATA / "lake-100m")], parse_queries,
             tuple(Figure(n, n, "s", digits=3) for n in ("dependency_share",
                                                         "cost_per_operation")),
@@ -279,10 +280,12 @@ def fmt(value: float, digits: int) -> str:
     return f"{value:,.{digits}f}" if value == value else "n/a"
 
 
-def status(figure: Figure, value: float) -> str:
-    if figure.ok is None or value != value:
+def status(figure: Figure, values: list[float]) -> str:
+    """A target holds per run: "meets" only when every run meets it."""
+    if figure.ok is None or not values:
         return ""
-    return "meets" if figure.ok(value) else "MISSES"
+    missed = sum(1 for v in values if not figure.ok(v))
+    return "meets" if not missed else f"MISSES ({missed} of {len(values)} runs)"
 
 
 def main() -> None:
@@ -295,7 +298,16 @@ def main() -> None:
                         help="also build a 100M-row lake (~20 GB, long) and time queries")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="write RESULTS.md from bench/results.json without running anything")
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads(STORE.read_text())
+        meta = saved.get("_meta", {})
+        render([b for b in benches(args) if b.name in saved], saved, meta.get("machine", {}),
+               tuple(meta.get("load_before", ())), tuple(meta.get("load_after", ())),
+               meta.get("elapsed_s", 0.0), args.output)
+        return
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     selected = benches(args)
@@ -319,14 +331,15 @@ def main() -> None:
         for bench in selected:
             results[bench.name] = run_bench(bench, bench.runs or args.runs, progress, task)
     load_after = os.getloadavg()
-    store = DATA / "results.json"
-    saved: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    saved: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {}
     for name, result in results.items():
         saved[name] = {**result, "date": info["date"]}
-    store.write_text(json.dumps(saved, indent=1))
+    elapsed = time.monotonic() - started
+    saved["_meta"] = {"machine": info, "load_before": load_before, "load_after": load_after,
+                      "elapsed_s": elapsed}
+    STORE.write_text(json.dumps(saved, indent=1) + "\n")
     everything = [b for b in benches(args) if b.name in saved]
-    render(everything, saved, info, load_before, load_after, time.monotonic() - started,
-           args.output)
+    render(everything, saved, info, load_before, load_after, elapsed, args.output)
 
 
 def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict[str, str],
@@ -339,9 +352,10 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
         "# costpipe benchmark results", "",
         "Written by `make bench` (`bench/run_all.py`). Medians over runs; ratios are measured "
         "in the same run on the same data. Absolute figures are noisy on a shared machine. "
-        "`--only` re-runs some benchmarks and keeps the others' last results "
-        "(bench/data/results.json); each benchmark's date is in the notes. Analysis of the "
-        "misses, profiles and suggested fixes: [FINDINGS.md](FINDINGS.md).", "",
+        "A target holds per run: a figure meets it only when every run does. `--only` re-runs "
+        "some benchmarks and keeps the others' last results (bench/results.json); each "
+        "benchmark's date is in the notes. Analysis of the "
+        "misses, profiles and decisions: [docs/decisions/](../docs/decisions/README.md).", "",
         "## Machine", "",
         *[f"- **{k}**: {v}" for k, v in info.items()],
         f"- **load average** (1/5/15 min) before: "
@@ -358,7 +372,7 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
             value = median(vals)
             runs = ", ".join(fmt(v, figure.digits) for v in vals) or "-"
             row = [bench.name, figure.label, fmt(value, figure.digits), figure.unit,
-                   figure.target, status(figure, value), runs]
+                   figure.target, status(figure, vals), runs]
             table.add_row(*row)
             md.append("| " + " | ".join(row) + " |")
     md += ["", "## Notes per benchmark", ""]
@@ -375,7 +389,7 @@ def render(selected: list[Bench], results: dict[str, dict[str, Any]], info: dict
     for bench in selected:
         for error in results[bench.name]["errors"]:
             console.print(f"[red]{bench.name} {error}[/red]")
-    # bench/soak.py appends its own section; a re-run of the benchmarks must not drop it
+    # tools/soak.py appends its own section; a re-run of the benchmarks must not drop it
     previous = output.read_text(encoding="utf-8") if output.exists() else ""
     soak = previous[previous.index("\n## Soak"):] if "\n## Soak" in previous else ""
     output.write_text("\n".join(md) + "\n" + soak, encoding="utf-8")

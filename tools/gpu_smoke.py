@@ -1,6 +1,6 @@
 """Smoke test on a real GPU machine: run the NVML sampler for 5 ticks and print the samples.
 
-    .venv/bin/python bench/gpu_smoke.py [--ticks 5] [--interval 1.0] [--kafka]
+    .venv/bin/python -m tools.gpu_smoke [--ticks 5] [--interval 1.0] [--kafka]
 
 Without `--kafka` nothing is sent anywhere (the samples are only printed); with it they also go
 to settings.topics.gpu through the shared producer. Exits 3 with one line when no NVIDIA
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from costpipe.collectors.gpu import GpuSampler, GpuUnavailable, run  # noqa: E402
 

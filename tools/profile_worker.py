@@ -5,7 +5,7 @@ until the lake holds every request cost record, then prints where the worker's C
 self time by function and inclusive time by agent/library. Needs py-spy
 (`.venv/bin/pip install py-spy`; bench only, not a project dependency).
 
-    .venv/bin/python bench/profile_worker.py \
+    .venv/bin/python -m tools.profile_worker \
         [--rate 5000] [--duration 60] [--top 25]
 """
 
@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_e2e import fill
 from bench.common import COSTPIPE, ROOT, LakeCounter, create_topics, drop_run, fresh_run

@@ -17,7 +17,7 @@ every request once (events lost must be 0) and asserts:
 It prints a table and appends its figures under "## Soak" in bench/RESULTS.md; exit code 1
 when an assertion fails.
 
-    .venv/bin/python bench/soak.py [--minutes 30]
+    .venv/bin/python -m tools.soak [--minutes 30]
         [--rate 5000] [--every 10] [--warmup-s 120] [--max-lag-s 30]
 """
 
@@ -34,8 +34,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
@@ -248,10 +246,10 @@ def _append(output: Path, args: argparse.Namespace, rows: list[tuple[str, str]])
     text = output.read_text(encoding="utf-8") if output.exists() else "# Benchmark results\n"
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"### {when}: {args.minutes:g} min at {args.rate:g} req/s "
-             f"({platform.node()}, `bench/soak.py`)", "", "| figure | value |", "|---|---|"]
+             f"({platform.node()}, `tools/soak.py`)", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     if "\n## Soak\n" not in text:
-        text = text.rstrip("\n") + "\n\n## Soak\n\nOne entry per `bench/soak.py` run.\n"
+        text = text.rstrip("\n") + "\n\n## Soak\n\nOne entry per `tools/soak.py` run.\n"
     head, _, tail = text.partition("\n## Soak\n")
     nxt = tail.find("\n## ")
     section, rest = (tail, "") if nxt < 0 else (tail[:nxt], tail[nxt:])
