@@ -278,6 +278,7 @@ async def _cost(event: Any) -> None:
     if batch.num_rows:
         batch = await _reroute(batch, home_partitions(batch.column("request_id"), P), msg,
                                requests_topic, "request_event", "request_id")
+        STAGE["costing"].rows_in(batch.num_rows)  # duplicates included: they were read
         duplicate, first = index.check(batch.column("request_id"),
                                        batch.column("timestamp").cast(pa.int64()).to_numpy(),
                                        msg.offset)
@@ -293,7 +294,6 @@ async def _cost(event: Any) -> None:
         dedup.journal.record(pa.array([], pa.string()), msg.offset, np.zeros(0, np.int64))
     source = f"{msg.topic}:{msg.partition}"
     external, pending = cost_records(batch, settings, msg.partition, msg.offset)
-    STAGE["costing"].rows_in(batch.num_rows)
     STAGE["costing"].rows_out(external.num_rows + pending.num_rows)
     caught_up = _caught_up(msg)
     _count_costs(external)
@@ -393,25 +393,43 @@ async def _allocate(event: Any) -> None:
     _count_costs(out)
     await outputs.cost_records(out)
     await outputs.window_partials(out, f"{msg.topic}:{msg.partition}", msg.offset,
-                                  _allocator_mark(msg.partition, gpu))
+                                  _allocator_mark(msg.partition, msg.offset, gpu))
     if final:
         gpu.mark_applied(source)
 
 
 _marks_sent: dict[int, tuple[int, float]] = {}  # gpuwork partition -> (mark, wall time)
+_marks_held: dict[int, tuple[int, int]] = {}  # gpuwork partition -> (mark, its offset)
 ALLOCATOR_MARK_SECONDS = 1.0
 
 
-def _allocator_mark(partition: int, gpu: GpuAllocator) -> int | None:
+def _allocator_mark(partition: int, offset: int, gpu: GpuAllocator) -> int | None:
     """How far this allocator's costs are complete, for the mergers: at most once a second
-    (it goes to every partials partition), and only when it moved."""
+    (it goes to every partials partition), and only when it moved. A mark held back here
+    goes out with the next message or from `send_held_allocator_marks`."""
     mark = gpu.outgoing_watermark()
     last, at = _marks_sent.get(partition, (-(2**62), 0.0))
     now = time.monotonic()
-    if mark is None or mark <= last or now - at < ALLOCATOR_MARK_SECONDS:
+    if mark is None or mark <= last:
+        return None
+    if now - at < ALLOCATOR_MARK_SECONDS:
+        _marks_held[partition] = (mark, offset)
         return None
     _marks_sent[partition] = (mark, now)
+    _marks_held.pop(partition, None)
     return mark
+
+
+@app.timer(interval=ALLOCATOR_MARK_SECONDS)
+async def send_held_allocator_marks() -> None:
+    """When traffic stops right after a mark was held back, windows must not wait for the
+    next message (or for the mergers' idle timeout) to learn it."""
+    for partition, (mark, offset) in list(_marks_held.items()):
+        del _marks_held[partition]
+        if mark > _marks_sent.get(partition, (-(2**62), 0.0))[0]:
+            _marks_sent[partition] = (mark, time.monotonic())
+            await outputs.window_partials(COST_RECORD.empty_table(),
+                                          f"{topics.gpuwork}:{partition}", offset, mark)
 
 
 @app.agent(gpuwork_topic, concurrency=1)
