@@ -55,7 +55,8 @@ STAGE_EVENTS = _counter(
     "Rows into (decoded) and out of (emitted downstream / written) each pipeline stage",
     ("stage", "direction"), "worker",
     "Rows into and out of each stage (`direction` = `in`/`out`). `costing` in = decoded request "
-    "rows, out = external cost records + own-model rows passed to the allocator; `gpu_forward` "
+    "rows in their home partition (re-sent duplicates included), out = external cost records + "
+    "own-model rows passed to the allocator; `gpu_forward` "
     "in/out = GPU sample rows; `allocator` in = samples + own-model rows, out = cost records "
     "(allocated, idle, corrections); `merger` in = partial rows, out = closed window rows; "
     "`alerting` in = window rows, out = alerts fired; `lake_sink` in = rows received from "

@@ -23,8 +23,6 @@ from costpipe.schemas.envelope import JSON, headers_for
 from costpipe.schemas.records import (
     COST_RECORD,
     DEAD_LETTER,
-    GPU_SAMPLE,
-    REQUEST_EVENT,
     WINDOW_AGGREGATE,
 )
 from tests.streams_support.harness import StreamsRun, before, dedup, total
@@ -34,25 +32,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 def _tick(run: StreamsRun, work: Workload) -> None:
-    """Events 2 minutes later: push every watermark past the workload's windows/buckets
-    (less than streams.costing.IDLE_PARTITION_SECONDS, so no partition counts as idle)."""
-    later = work.end + dt.timedelta(minutes=2)
-    for partition in range(2):  # every requests partition must pass the buckets
-        _tick_request(run, later, partition)
-    smp = pa.RecordBatch.from_pylist([{
-        "timestamp": later, "host": "h1", "gpu_uuid": g, "gpu_index": 0, "interval_s": 1.0,
-        "power_w": 100.0} for g in ("GPU-a", "GPU-b")], schema=GPU_SAMPLE)
-    run.send(run.settings.topics.gpu, [smp], "gpu_sample")
-
-
-def _tick_request(run: StreamsRun, later: dt.datetime, partition: int) -> None:
-    req = pa.RecordBatch.from_pylist([{
-        "request_id": f"tick-{later.timestamp()}-{partition}", "timestamp": later,
-        "operation": "chat",
-        "provider": "openai", "provider_kind": "external", "model": "gpt-4o-mini",
-        "input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0,
-        "status": "ok"}], schema=REQUEST_EVENT)
-    run.send(run.settings.topics.requests, [req], "request_event", partition=partition)
+    """Events 2 minutes later push every watermark past the workload's windows and buckets."""
+    run.push_event_time(work.end + dt.timedelta(minutes=2))
 
 
 def _collect(run: StreamsRun, work: Workload, expected: Decimal):

@@ -21,7 +21,13 @@ from costpipe.core.kafka_clients import confluent_admin, confluent_consumer, con
 from costpipe.core.settings import Settings
 from costpipe.schemas.codec import decode, encode_arrow
 from costpipe.schemas.envelope import ARROW, headers_for, home_partitions
-from costpipe.schemas.records import COST_RECORD, DEAD_LETTER, WINDOW_AGGREGATE
+from costpipe.schemas.records import (
+    COST_RECORD,
+    DEAD_LETTER,
+    GPU_SAMPLE,
+    REQUEST_EVENT,
+    WINDOW_AGGREGATE,
+)
 
 TOPIC_KEYS = ("requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter",
               "gpuwork")
@@ -123,6 +129,25 @@ class StreamsRun:
                 self.producer.produce(topic, key=str(i).encode(), value=encode_arrow(rows),
                                       partition=home, headers=headers_for(ARROW, record))
         self.producer.flush(30)
+
+    def push_event_time(self, later: dt.datetime, gpus: Iterable[str] = ("GPU-a", "GPU-b")
+                        ) -> None:
+        """One request per requests partition and one sample per GPU at `later`, so every
+        watermark passes what came before (keep `later` within 300 s of the data: a partition
+        that looks idle for longer stops holding buckets back on its own)."""
+        for partition in range(self.settings.topics.partitions):
+            req = pa.RecordBatch.from_pylist([{
+                "request_id": f"tick-{later.timestamp()}-{partition}", "timestamp": later,
+                "operation": "chat", "provider": "openai", "provider_kind": "external",
+                "model": "gpt-4o-mini", "input_tokens": 1, "output_tokens": 1,
+                "cache_read_tokens": 0, "cache_write_tokens": 0, "status": "ok"}],
+                schema=REQUEST_EVENT)
+            self.send(self.settings.topics.requests, [req], "request_event",
+                      partition=partition)
+        smp = pa.RecordBatch.from_pylist([{
+            "timestamp": later, "host": "h1", "gpu_uuid": g, "gpu_index": 0, "interval_s": 1.0,
+            "power_w": 100.0} for g in gpus], schema=GPU_SAMPLE)
+        self.send(self.settings.topics.gpu, [smp], "gpu_sample")
 
     def send_raw(self, topic: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self.producer.produce(topic, value=value, headers=headers)

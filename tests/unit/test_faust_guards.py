@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 from faust.transport.consumer import Consumer
 from intervaltree import IntervalTree
+from prometheus_client import REGISTRY
 
 import costpipe.streams.app  # noqa: F401  (installs the workarounds)
 from costpipe.streams import faust_workarounds as worker_app
@@ -53,3 +55,39 @@ def test_another_faust_version_is_refused_with_what_to_do():
     message = str(caught.value)
     assert "0.16.0" in message and "faust-streaming==0.15.3" in message
     worker_app.check_version()  # the installed one is supported
+
+
+def _counter(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_an_ack_from_a_stale_generation_is_refused_and_counted():
+    app = SimpleNamespace(consumer_generation_id=7,
+                          flow_control=SimpleNamespace(is_active=lambda: True))
+    class Message(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    message = Message(generation_id=6, tp=TP, offset=52)
+    consumer = SimpleNamespace(app=app, _unacked_messages={message})
+    before = _counter("costpipe_stale_acks_refused_total")
+    assert Consumer.ack(consumer, message) is False
+    assert message not in consumer._unacked_messages  # so a rebalance does not wait on it
+    assert _counter("costpipe_stale_acks_refused_total") == before + 1
+
+
+def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
+    worker_app.pending_rewinds.clear()
+    worker_app.rewinds_done.clear()
+    worker_app.pending_rewinds[TP] = 52
+    sought: list[tuple] = []
+
+    async def seek(tp, offset):
+        sought.append((tp, offset))
+
+    consumer = SimpleNamespace(assignment=lambda: {TP}, _committed_offset={TP: 52}, seek=seek)
+    app = SimpleNamespace(consumer=consumer, flow_control=SimpleNamespace(is_active=lambda: True))
+    before = _counter("costpipe_unprocessed_rewinds_total")
+    asyncio.run(worker_app.rewind_unprocessed(app))
+    assert sought == [(TP, 52)]
+    assert worker_app.rewinds_done == {(TP, 52): 1}
+    assert _counter("costpipe_unprocessed_rewinds_total") == before + 1

@@ -80,3 +80,15 @@ def test_a_restart_is_a_fresh_process_that_counts_it() -> None:
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout and "worker" in done.stdout  # the CLI ran after the exec
+
+
+def test_the_restart_count_survives_the_exec_in_the_metric() -> None:
+    script = ("from prometheus_client import REGISTRY\n"
+              "from costpipe.streams import watchdog\n"
+              "print(REGISTRY.get_sample_value('costpipe_worker_restarts_total', "
+              "{'reason': 'stall'}))\n")
+    env = {**os.environ, watchdog.RESTARTS_ENV: "2"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2.0"
