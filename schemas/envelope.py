@@ -31,6 +31,8 @@ SOURCE_HEADER: Final = "costpipe-source"
 OFFSET_HEADER: Final = "costpipe-source-offset"
 PART_HEADER: Final = "costpipe-part"
 CAUGHT_UP_HEADER: Final = "costpipe-caught-up"
+REROUTED_FROM_HEADER: Final = "costpipe-rerouted-from"  # topic:partition:offset it came in at
+REPLAY_OF_HEADER: Final = "costpipe-replay-of"  # topic:partition:offset of the dead letter's row
 
 ARROW: Final = "arrow"
 JSON: Final = "json"
@@ -149,3 +151,16 @@ def home_partitions(values: pa.Array | pa.ChunkedArray, partitions: int) -> np.n
     a key, so a Java or librdkafka producer (`partitioner=murmur2_random`) that keys single
     events by the same value lands in the same partition."""
     return ((murmur2(values) & np.uint32(0x7FFFFFFF)) % np.uint32(partitions)).astype(np.int32)
+
+
+def replay_origin(headers: Headers, topic: str, partition: int) -> int | None:
+    """The offset in `topic`[`partition`] of the row a dead-letter replay brings back, if it was
+    refused in this very partition (elsewhere it never reached this partition's index)."""
+    text = header_value(headers, REPLAY_OF_HEADER)
+    if text is None:
+        return None
+    origin_topic, _, rest = text.rpartition(":")
+    origin_topic, _, origin_partition = origin_topic.rpartition(":")
+    if origin_topic != topic or not origin_partition.isdigit() or not rest.isdigit():
+        return None
+    return int(rest) if int(origin_partition) == partition else None

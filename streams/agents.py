@@ -37,6 +37,8 @@ from costpipe.schemas.envelope import (
     ARROW,
     HEARTBEAT_RECORD,
     OFFSET_HEADER,
+    REPLAY_OF_HEADER,
+    REROUTED_FROM_HEADER,
     SOURCE_HEADER,
     WATERMARK_HEADER,
     header_value,
@@ -234,7 +236,9 @@ def _read_gap(index: RequestIdIndex, partition: int, start: int, end: int) -> No
                     batch = batch.filter(pa.array(homes == partition))
                     index.check(batch.column("request_id"),
                                 batch.column("timestamp").cast(pa.int64()).to_numpy(),
-                                message.offset())
+                                message.offset(),
+                                envelope.replay_origin(message.headers(), topics.requests,
+                                                       partition))
     finally:
         consumer.close()
 
@@ -250,16 +254,17 @@ async def _reroute(batch: pa.RecordBatch, homes: np.ndarray, msg: Any, topic: An
     if (homes == msg.partition).all():
         return batch
     table = pa.Table.from_batches([batch])
+    headers = [*headers_for(ARROW, record),
+               (REROUTED_FROM_HEADER, f"{msg.topic}:{msg.partition}:{msg.offset}".encode())]
+    replay_of = header_value(msg.headers, REPLAY_OF_HEADER)
+    if replay_of is not None:  # still a replay where it lands
+        headers.append((REPLAY_OF_HEADER, replay_of.encode()))
     for partition, rows in enumerate(split_by(table, homes, P)):
         if rows.num_rows == 0 or partition == msg.partition:
             continue
         for payload, _ in encode_envelopes(rows, ENVELOPE_ROWS, ENVELOPE_BYTES):
-            await topic.send(
-                key=str(rows.column(key)[0].as_py()).encode(), value=payload,
-                partition=partition,
-                headers=[*headers_for(ARROW, record),
-                         ("costpipe-rerouted-from",
-                          f"{msg.topic}:{msg.partition}:{msg.offset}".encode())])
+            await topic.send(key=str(rows.column(key)[0].as_py()).encode(), value=payload,
+                             partition=partition, headers=headers)
     return batch.filter(pa.array(homes == msg.partition))
 
 
@@ -281,7 +286,9 @@ async def _cost(event: Any) -> None:
         STAGE["costing"].rows_in(batch.num_rows)  # duplicates included: they were read
         duplicate, first = index.check(batch.column("request_id"),
                                        batch.column("timestamp").cast(pa.int64()).to_numpy(),
-                                       msg.offset)
+                                       msg.offset,
+                                       envelope.replay_origin(event.headers, msg.topic,
+                                                              msg.partition))
         if duplicate.any():
             dupes = pa.Table.from_batches([batch]).filter(pa.array(duplicate))
             DUPLICATE_REQUESTS.inc(dupes.num_rows)

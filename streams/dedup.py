@@ -82,8 +82,9 @@ class RequestIdIndex:
     def __len__(self) -> int:
         return sum(len(r) for r in self.runs)
 
-    def first_offsets(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """Per query, the first offset stored for its id, or -1."""
+    def first_offsets(self, hi: np.ndarray, lo: np.ndarray, ignore: int = -1) -> np.ndarray:
+        """Per query, the first offset stored for its id (entries at offset `ignore` not
+        counted), or -1."""
         found = np.full(len(hi), -1, dtype=np.int64)
         for run in self.runs:
             if not len(run):
@@ -92,12 +93,13 @@ class RequestIdIndex:
             right = np.searchsorted(run.hi, hi, "right")
             single = (right - left) == 1
             at = np.minimum(left, len(run) - 1)
-            match = single & (run.lo[at] == lo)
+            match = single & (run.lo[at] == lo) & (run.offset[at] != ignore)
             take = match & ((found < 0) | (run.offset[at] < found))
             found[take] = run.offset[at][take]
             for q in np.flatnonzero((right - left) > 1):  # equal high halves: rare
                 for j in range(left[q], right[q]):
-                    if run.lo[j] == lo[q] and (found[q] < 0 or run.offset[j] < found[q]):
+                    if run.lo[j] == lo[q] and run.offset[j] != ignore \
+                            and (found[q] < 0 or run.offset[j] < found[q]):
                         found[q] = run.offset[j]
         return found
 
@@ -133,16 +135,20 @@ class RequestIdIndex:
         self.runs = kept
 
     def check(self, ids: pa.Array | pa.ChunkedArray, timestamps_us: np.ndarray,
-              offset: int) -> tuple[np.ndarray, np.ndarray]:
+              offset: int, replay_of: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(duplicate mask, first offset per row) for one message's rows; records the firsts.
 
         A row is a duplicate when its id arrived in a lower offset, or earlier in this message.
+        `replay_of`: the message is a dead-letter replay of rows refused at that offset, so an
+        entry there is not a costed copy (a new owner's re-read of the partition may have
+        indexed a row its predecessor refused); the replay itself is, so a second replay is a
+        duplicate.
         """
         n = len(ids)
         if n == 0:
             return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
         hi, lo = id_hashes(ids)
-        first = self.first_offsets(hi, lo)
+        first = self.first_offsets(hi, lo, -1 if replay_of is None else replay_of)
         keys = pl.DataFrame({"hi": hi, "lo": lo})
         within = ~keys.select(pl.struct("hi", "lo").is_first_distinct()).to_series().to_numpy()
         duplicate = ((first >= 0) & (first < offset)) | within

@@ -40,6 +40,22 @@ def test_the_lowest_offset_wins_after_a_replay_from_older_offsets() -> None:
     assert _check(index, ["x"], 20) == [True]
 
 
+def test_a_dead_letter_replay_is_costed_once_even_if_its_refused_original_was_indexed() -> None:
+    """A new owner's re-read of the partition indexes rows by today's rules: a row its
+    predecessor refused (dead-lettered at offset 5) may be in the index. Its replay is not a
+    duplicate of that refused row, but a second replay is a duplicate of the first."""
+    index = RequestIdIndex(DAY_US)
+    _check(index, ["skewed", "other"], 5)
+    replay = index.check(pa.array(["skewed"]), np.array([T0]), 30, replay_of=5)[0]
+    assert replay.tolist() == [False]
+    again = index.check(pa.array(["skewed"]), np.array([T0]), 31, replay_of=5)[0]
+    assert again.tolist() == [True]
+    assert index.check(pa.array(["skewed"]), np.array([T0]), 30, replay_of=5)[0].tolist() \
+        == [False]  # the first replay read again after a crash keeps its rows
+    costed = index.check(pa.array(["other"]), np.array([T0]), 32, replay_of=9)[0]
+    assert costed.tolist() == [True]  # a replay of a row whose copy was costed elsewhere
+
+
 def test_ids_older_than_the_horizon_are_forgotten() -> None:
     index = RequestIdIndex(HOUR_US)
     _check(index, ["old"], 1, ts=T0)

@@ -2,7 +2,8 @@
 
 Replay is idempotent: requests are de-duplicated by request_id in the worker and GPU samples
 by (gpu_uuid, timestamp), so replaying a dead letter twice, or one whose row got through in
-the meantime, counts nothing twice.
+the meantime, counts nothing twice. Each replay names the row it brings back
+(`costpipe-replay-of`), so the worker never takes the refused original for a costed copy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import typer
 
 PRINTABLE = set(string.printable) - set("\x0b\x0c\r")
-REPLAY_HEADER = "costpipe-replay-of"
 
 
 def _preview(original: bytes, width: int = 80) -> str:
@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
 
         from costpipe.core.kafka_clients import confluent_producer
         from costpipe.core.settings import get_settings
-        from costpipe.schemas.envelope import headers_for
+        from costpipe.schemas.envelope import REPLAY_OF_HEADER, headers_for
 
         settings = get_settings()
         start = _since(since)
@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
             if producer is not None:
                 producer.produce(row["source_topic"], value=row["original"],
                                  headers=[*headers_for(row["encoding"] or "arrow", record),
-                                          (REPLAY_HEADER, origin.encode())])
+                                          (REPLAY_OF_HEADER, origin.encode())])
                 producer.poll(0)
             sent += 1
         if producer is not None and producer.flush(30):
