@@ -4,22 +4,29 @@ Bad: undecodable JSON and Arrow bytes, truncated Arrow envelopes, wrong types, n
 huge (beyond MAX_TOKENS and beyond int64) token counts, ancient and far-future timestamps, a
 near-1 MB garbage message, and Arrow batches where only some rows are bad. Good: JSON events,
 Arrow batches, events of unknown providers (good input: counted, priced 0 as 'unpriced'), an
-event whose tag is as long as a field may be (256 bytes; a 500 KB one is refused). Checks:
-every good event is in the lake exactly once, no bad one is, every message holding something
-bad has dead letters naming a reason, and the worker is still alive (never crashed).
+event whose tag is as long as a field may be (256 bytes; a 500 KB one is refused), every good
+event sent five times and once more with another timestamp (retries). Bad also: NaN and
+Infinity, nulls in required fields, over-long text, cache tokens above input, a float token
+column (whole numbers cast, 1e30 refused row by row). Checks: every good event is in the lake
+exactly once and the lake total equals genai-prices' price for them, no bad one is there,
+every message holding something bad has dead letters naming a reason, and the worker is
+still alive (never crashed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
+from genai_prices import Usage, calc_price
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,6 +42,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.time
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 TOKEN_FIELDS = ("input_tokens", "output_tokens")
+GOOD_KINDS = ("json-good", "json-unknown-provider", "arrow-good", "json-long-tag",
+              "json-retry-earlier")
 
 
 def good(request_id: str, provider: str = "openai", model: str = "gpt-4o-mini",
@@ -66,8 +75,37 @@ def bad_message(draw: st.DrawFn, n: int) -> tuple[str, bytes, list[tuple[str, by
     """(kind, value, headers) of one message that holds at least one bad event."""
     kind = draw(st.sampled_from(["json-garbage", "arrow-garbage", "arrow-truncated",
                                  "json-wrong-type", "json-tokens", "json-time",
-                                 "arrow-tokens", "arrow-time", "arrow-mixed"]))
+                                 "arrow-tokens", "arrow-time", "arrow-mixed",
+                                 "json-non-finite", "arrow-non-finite", "arrow-null",
+                                 "json-long-text", "json-cache-above-input",
+                                 "arrow-float-tokens"]))
     rid = f"bad-{n}"
+    if kind == "json-non-finite":  # Python's json writes Infinity/NaN, as some clients do
+        event = good(rid, latency_ms=draw(st.sampled_from([math.inf, -math.inf, math.nan])))
+        return kind, json.dumps(event, default=str).encode(), headers_for(JSON, "request_event")
+    if kind == "arrow-non-finite":
+        value = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
+        return kind, arrow([good(rid, latency_ms=value)]), headers_for(ARROW, "request_event")
+    if kind == "arrow-null":
+        row = good(rid)
+        row[draw(st.sampled_from(["timestamp", "provider", "model", "operation"]))] = None
+        return kind, arrow([row]), headers_for(ARROW, "request_event")
+    if kind == "json-long-text":
+        field = draw(st.sampled_from(["model", "operation", "team"]))
+        event = good(rid, **{field: "m" * draw(st.integers(257, 20_000))})
+        return kind, encode_json(event), headers_for(JSON, "request_event")
+    if kind == "json-cache-above-input":
+        event = good(rid, input_tokens=10, cache_read_tokens=draw(st.integers(11, 10**6)))
+        return kind, encode_json(event), headers_for(JSON, "request_event")
+    if kind == "arrow-float-tokens":  # a float column: whole numbers cast, 1e30 cannot be
+        size = draw(st.integers(2, 6))
+        rows = [good(f"good-float-{n}-{i}", input_tokens=120.0) for i in range(size)]
+        rows[draw(st.integers(0, size - 1))] = good(rid, input_tokens=draw(
+            st.sampled_from([1e30, 0.5, -3.0, math.inf])))
+        schema = pa.schema([pa.field("input_tokens", pa.float64()) if f.name == "input_tokens"
+                            else f.with_nullable(True) for f in REQUEST_EVENT])
+        return kind, encode_arrow(pa.RecordBatch.from_pylist(rows, schema=schema)), \
+            headers_for(ARROW, "request_event")
     if kind == "json-garbage":
         value = draw(st.one_of(st.binary(max_size=300),
                                st.text(max_size=200).map(str.encode),
@@ -134,6 +172,11 @@ def test_bad_input_is_dead_lettered_and_good_input_counted(kafka_bootstrap: str,
                   headers_for(ARROW, "request_event")))
     goods.append(("json-long-tag", encode_json(good("good-long-tag", feature="f" * 256)),
                   headers_for(JSON, "request_event")))  # the longest text a field may hold
+    # a client retry with another timestamp (2 h earlier): costed once, like every good event
+    # here, which is sent five times (goods * 5 below)
+    goods.append(("json-retry-earlier", encode_json(good(
+        "good-json-0", timestamp=NOW - dt.timedelta(hours=2, minutes=30))),
+        headers_for(JSON, "request_event")))
     oversized = ("oversized-garbage", b"{" + b"x" * 990_000, headers_for(JSON, "request_event"))
     huge_tag = ("json-huge-tag", encode_json(good("bad-huge-tag", feature="f" * 500_000)),
                 headers_for(JSON, "request_event"))  # 500 KB in one text field: refused
@@ -157,7 +200,7 @@ def test_bad_input_is_dead_lettered_and_good_input_counted(kafka_bootstrap: str,
         want_good = {f"good-json-{i}" for i in range(60)} | {f"good-arrow-{i}" for i in range(500)}
         want_good |= {"good-unknown", "good-long-tag"}
         for kind, value, _ in bad:
-            if kind == "arrow-mixed":
+            if kind in ("arrow-mixed", "arrow-float-tokens"):
                 batch = pa.ipc.open_stream(value).read_next_batch()
                 want_good |= {r for r in batch.column("request_id").to_pylist()
                               if r.startswith("good-")}
@@ -171,8 +214,7 @@ def test_bad_input_is_dead_lettered_and_good_input_counted(kafka_bootstrap: str,
 
         wait_until(lambda: len(lake_ids()) >= len(want_good), 120, every=1.0)
         bad_offsets = {o for o, kind in offsets.items()
-                       if kind not in ("json-good", "json-unknown-provider", "arrow-good",
-                                       "json-long-tag")}
+                       if kind not in GOOD_KINDS}
         letters = run.read(run.settings.topics.deadletter, DEAD_LETTER,
                            lambda t: bad_offsets <= set(zip(
                                t.column("source_partition").to_pylist(),
@@ -184,6 +226,8 @@ def test_bad_input_is_dead_lettered_and_good_input_counted(kafka_bootstrap: str,
         con = analytics.connect(location=str(tmp_path / "lake"))
         unknown = con.execute("SELECT pricing_status, cost FROM costs WHERE record_id = "
                               "'good-unknown'").fetchall()
+        rows, distinct, lake_total = con.execute(
+            "SELECT count(*), count(DISTINCT record_id), sum(cost) FROM costs").fetchall()[0]
         con.close()
     finally:
         run.stop_all()
@@ -201,3 +245,10 @@ def test_bad_input_is_dead_lettered_and_good_input_counted(kafka_bootstrap: str,
     assert all(r for r in letters.column("reason").to_pylist())
     assert unknown and unknown[0][0] == "unpriced" and unknown[0][1] == 0
     assert "Traceback" not in run.logs(), run.logs()
+    # the oracle: every good event costed once, at genai-prices' own price for it
+    unit = calc_price(Usage(input_tokens=120, output_tokens=30), "gpt-4o-mini",
+                      provider_id="openai",
+                      genai_request_timestamp=NOW - dt.timedelta(minutes=30)).total_price
+    priced = len(want_good) - 1  # good-unknown costs 0
+    assert (rows, distinct) == (len(want_good), len(want_good)), (rows, distinct)
+    assert lake_total == (unit * priced).quantize(Decimal("1e-12")), (lake_total, unit, priced)
