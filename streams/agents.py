@@ -178,6 +178,10 @@ class _PerPartition:
             item = self.items[message.partition] = self.make(message.partition)
         return item
 
+    def forget(self, message: Any) -> None:
+        """Drop the partition's object (the next message rebuilds it from the table)."""
+        self.items.pop(message.partition, None)
+
 
 # ------------------------------------------------------------------ costing
 
@@ -375,6 +379,24 @@ async def _allocate(event: Any) -> None:
     final = number == count
     if gpu.is_replay(source):
         return  # re-forwarded after an upstream restart: already buffered or closed
+    gpu.store.hold()
+    try:
+        await _allocate_held(event, gpu, record, source, number, count)
+    except BaseException:
+        gpu.store.discard()
+        allocators.forget(msg)  # its caches saw the discarded writes: rebuilt from the table
+        raise
+    gpu.store.release()
+    if final:
+        gpu.mark_applied(source)
+
+
+async def _allocate_held(event: Any, gpu: GpuAllocator, record: str | None, source: str,
+                         number: int, count: int) -> None:
+    """The allocator's work on one message; its state writes are held by the caller until the
+    records they stand for are on the broker."""
+    msg = event.message
+    final = number == count
     stream = source.rsplit(":", 1)[0]
     chunk = source if count == 1 else f"{source}/{number}"
     watermark = envelope.watermark(event.headers)
@@ -398,11 +420,11 @@ async def _allocate(event: Any) -> None:
         out = pa.concat_tables([conform(late, COST_RECORD), out])
     STAGE["allocator"].rows_out(out.num_rows)
     _count_costs(out)
-    await outputs.cost_records(out)
-    await outputs.window_partials(out, f"{msg.topic}:{msg.partition}", msg.offset,
-                                  _allocator_mark(msg.partition, msg.offset, gpu))
-    if final:
-        gpu.mark_applied(source)
+    sent = await outputs.cost_records(out)
+    sent += await outputs.window_partials(out, f"{msg.topic}:{msg.partition}", msg.offset,
+                                          _allocator_mark(msg.partition, msg.offset, gpu))
+    if out.num_rows:  # closed buckets: their records first, then the state that closed them
+        await asyncio.gather(*sent)
 
 
 _marks_sent: dict[int, tuple[int, float]] = {}  # gpuwork partition -> (mark, wall time)
@@ -459,26 +481,44 @@ async def _merge(event: Any) -> None:
     offset = int(header_value(event.headers, OFFSET_HEADER) or msg.offset)
     part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
     number, count = envelope.part(event.headers)
-    # The partials message offset names late-delta revisions of evicted windows.
-    closed = merge.apply(part, source, offset, envelope.watermark(event.headers),
-                         position=msg.offset, final=number == count,
-                         caught_up=header_value(event.headers, "costpipe-caught-up") != "0",
-                         allocator=source.startswith(f"{topics.gpuwork}:"))
+    merge.store.hold()  # closed windows go out before the state that closed them
+    try:
+        # The partials message offset names late-delta revisions of evicted windows.
+        closed = merge.apply(part, source, offset, envelope.watermark(event.headers),
+                             position=msg.offset, final=number == count,
+                             caught_up=header_value(event.headers, "costpipe-caught-up") != "0",
+                             allocator=source.startswith(f"{topics.gpuwork}:"))
+        await _send_windows(msg, merge, closed)
+    except BaseException:
+        merge.store.discard()
+        mergers.forget(msg)
+        raise
+    merge.store.release()
     STAGE["merger"].rows_in(part.num_rows)
     STAGE["merger"].rows_out(closed.num_rows)
+
+
+async def _send_windows(msg: Any, merge: WindowMerger, closed: pa.Table) -> None:
+    """Closed windows (or, when none closed, how far this merger is) to alerting; returns once
+    the broker has them."""
+    sent = []
     through = None if merge.watermark is None else merge.watermark - merge.lateness_us
     marker = [] if through is None else [(WATERMARK_HEADER, str(through).encode()),
                                          (SOURCE_HEADER, f"{msg.topic}:{msg.partition}".encode())]
     for payload, _ in encode_envelopes(closed, ENVELOPE_ROWS, ENVELOPE_BYTES):
-        await windows_topic.send(key=b"windows", value=payload,
-                                 headers=[*headers_for(ARROW, "window_aggregate"), *marker])
+        sent.append(await windows_topic.send(
+            key=b"windows", value=payload,
+            headers=[*headers_for(ARROW, "window_aggregate"), *marker]))
     window_us = merge.window_us
     if through is not None and (closed.num_rows or through // window_us
                                 > _announced.get(msg.partition, -1) // window_us):
         if not closed.num_rows:  # nothing closed here, but alerting must know we are past it
-            await windows_topic.send(key=b"windows", value=encode_arrow(closed),
-                                     headers=[*headers_for(ARROW, "window_aggregate"), *marker])
+            sent.append(await windows_topic.send(
+                key=b"windows", value=encode_arrow(closed),
+                headers=[*headers_for(ARROW, "window_aggregate"), *marker]))
         _announced[msg.partition] = through
+    if sent:
+        await asyncio.gather(*sent)
 
 
 @app.agent(partials_topic, concurrency=1)

@@ -26,7 +26,7 @@ faust_workarounds.install()
 
 
 def create_app(settings: Settings) -> faust.App:
-    return CostpipeApp(
+    app = CostpipeApp(
         settings.servers.worker_group,
         **faust_broker_options(settings),
         store="memory://",
@@ -46,6 +46,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         autodiscover=False,
     )
+    app.sensors.add(faust_workarounds.DeliverySensor())
+    return app
 
 
 class CostpipeApp(faust.App):

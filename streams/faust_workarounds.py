@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -29,7 +30,6 @@ SUPPORTED_FAUST = ("0.15.3",)
 CONSUMER_METADATA_MAX_AGE_MS = 10_000
 # faust-streaming#173: more than `max_messages` pending table writes pause every stream.
 PRODUCER_BUFFER_MAX_MESSAGES = 1_000
-MAX_REWINDS_PER_OFFSET = 3
 WAIT_EMPTY_SECONDS = 10.0
 
 
@@ -37,8 +37,36 @@ class FaustVersionError(RuntimeError):
     """The installed faust-streaming is not the one these workarounds were written for."""
 
 
-pending_rewinds: dict[Any, int] = {}  # tp -> committed offset that no agent acknowledged
-rewinds_done: dict[tuple[Any, int], int] = {}
+REREAD_PATIENCE_SECONDS = 60.0  # a re-read that has not reached the offset by then: seek again
+
+
+@dataclass
+class Rewind:
+    """A seek back to `offset` (the committed offset no agent acknowledged) and what it saw."""
+
+    offset: int
+    generation: Any
+    at: float  # monotonic time of the seek
+    delivered_before: int  # highest offset of the partition delivered to an agent before it
+    reread_from: int | None = None  # first offset delivered again (<= delivered_before)
+
+
+pending_rewinds: dict[Any, int] = {}  # tp -> committed offset to seek back to
+rewinds: dict[Any, Rewind] = {}  # tp -> its latest seek back
+delivered: dict[Any, int] = {}  # tp -> highest offset delivered to an agent
+
+
+class DeliverySensor(faust.Sensor):
+    """Sees every message handed to an agent: whether a re-read reached the offset it was for
+    is the evidence `commit_only_from_committed_offset` decides on."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        rewind = rewinds.get(tp)
+        if rewind is not None and rewind.reread_from is None \
+                and offset <= rewind.delivered_before:
+            rewind.reread_from = offset
+        if offset > delivered.get(tp, -1):
+            delivered[tp] = offset
 
 
 def check_version(version: str | None = None) -> None:
@@ -90,9 +118,11 @@ def commit_only_from_committed_offset() -> None:
 
     faust-streaming 0.15.3, `Consumer._new_offset` commits over a hole of exactly one message
     (faust-streaming#312; its fix #313 handles only `min(acked) - committed > 1`). Here the
-    commit waits and `rewind_unprocessed` seeks back to that offset; after
-    MAX_REWINDS_PER_OFFSET tries it is accepted as a gap (a transaction marker or compacted
-    record), with a warning.
+    commit waits and `rewind_unprocessed` seeks back to that offset. The hole is accepted as a
+    gap (a transaction marker or compacted record) only on evidence: the re-read went past it
+    without delivering it. While the re-read is on its way, or the offset is being processed
+    again, the commit just waits (a count of tries would commit past a message that a busy
+    worker had not reached yet: lost).
     """
     def make(original: Callable[..., int | None]) -> Callable[..., int | None]:
         def _new_offset(self: Consumer, tp: Any) -> int | None:
@@ -100,16 +130,37 @@ def commit_only_from_committed_offset() -> None:
             committed = self._committed_offset[tp]
             if acked and committed is not None and min(acked) > committed \
                     and not self._gap[tp].overlaps(committed):
-                tries = rewinds_done.get((tp, committed), 0)
-                if tries < MAX_REWINDS_PER_OFFSET:
-                    pending_rewinds[tp] = committed
-                    return None
-                log.warning("%s: offset %d was never acknowledged after %d re-reads; "
-                            "committing past it as a gap", tp, committed, tries)
+                if hole_is_a_gap(tp, committed, _generation(self)):
+                    log.warning("%s: the re-read went from offset %d to %d; committing past "
+                                "%d as a gap", tp, committed, rewinds[tp].reread_from,
+                                committed)
+                    rewinds.pop(tp, None)
+                    return original(self, tp)
+                return None
             return original(self, tp)
         return _new_offset
 
     _patch(Consumer, "_new_offset", make)
+
+
+def _generation(consumer: Any) -> Any:
+    app = getattr(consumer, "app", None)
+    return getattr(app, "consumer_generation_id", None)
+
+
+def hole_is_a_gap(tp: Any, offset: int, generation: Any, now: float | None = None) -> bool:
+    """Whether the unacknowledged `offset` is proven absent; otherwise schedules a seek back
+    to it when none is under way (or the last one went nowhere for REREAD_PATIENCE_SECONDS)."""
+    now = time.monotonic() if now is None else now
+    rewind = rewinds.get(tp)
+    if rewind is None or rewind.offset != offset or rewind.generation != generation:
+        pending_rewinds[tp] = offset
+        return False
+    if rewind.reread_from is not None and rewind.reread_from > offset:
+        return True
+    if now - rewind.at > REREAD_PATIENCE_SECONDS:  # not reached, or reached and not acked
+        pending_rewinds[tp] = offset
+    return False
 
 
 async def rewind_unprocessed(app: faust.App) -> None:
@@ -121,7 +172,8 @@ async def rewind_unprocessed(app: faust.App) -> None:
         del pending_rewinds[tp]
         if tp not in assignment or app.consumer._committed_offset[tp] != offset:
             continue  # moved on (revoked, or a rebalance already sought it)
-        rewinds_done[(tp, offset)] = rewinds_done.get((tp, offset), 0) + 1
+        rewinds[tp] = Rewind(offset, getattr(app, "consumer_generation_id", None),
+                             time.monotonic(), delivered.get(tp, offset))
         REWINDS.inc()
         log.warning("%s: offset %d was skipped and never acknowledged; reading the partition "
                     "again from there", tp, offset)

@@ -7,7 +7,9 @@
 - own-model rows and GPU samples: to the gpuwork partition of their GPU, likewise one message
   per partition per source message (`costpipe.streams.allocation.allocator`).
 Every message carries the envelope headers of `costpipe.schemas.envelope`; a source message's
-output larger than an envelope goes in parts, only the last one final.
+output larger than an envelope goes in parts, only the last one final. Each send returns the
+delivery futures of its messages, for a stage that must know its output is on the broker before
+it writes the state that says so (`costpipe.streams.state`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from costpipe.schemas.envelope import (
 from costpipe.schemas.envelope import headers_for as _headers_for
 from costpipe.schemas.records import COST_RECORD
 from costpipe.streams.windows import partial_keys, partials
+
+Sent = list[Any]  # delivery futures (await them: done once the broker has the message)
 
 
 def split_by(table: pa.Table, homes: np.ndarray, partitions: int) -> list[pa.Table]:
@@ -58,30 +62,34 @@ class Outputs:
 
     async def _send_parts(self, topic: Any, partition: int, key: bytes, table: pa.Table,
                           headers: list[tuple[str, bytes]], last: list[tuple[str, bytes]]
-                          ) -> None:
+                          ) -> Sent:
         payloads = [p for p, _ in encode_envelopes(table, self.rows, self.bytes)] or \
             [encode_arrow(table)]  # no rows: still sent, for the headers
+        sent: Sent = []
         for number, payload in enumerate(payloads, start=1):
             extra = [part_header(number, len(payloads))] if len(payloads) > 1 else []
             final = number == len(payloads)
-            await topic.send(key=key, value=payload, partition=partition,
-                             headers=[*headers, *extra, *(last if final else [])])
+            sent.append(await topic.send(key=key, value=payload, partition=partition,
+                                         headers=[*headers, *extra, *(last if final else [])]))
+        return sent
 
-    async def cost_records(self, table: pa.Table) -> None:
+    async def cost_records(self, table: pa.Table) -> Sent:
         """Cost rows to the costs partition of their record_id."""
+        sent: Sent = []
         if table.num_rows == 0:
-            return
+            return sent
         table = conform(table, COST_RECORD)
         count = self._count(self.costs)
         homes = home_partitions(table.column("record_id"), count)
         for partition, rows in enumerate(split_by(table, homes, count)):
             for payload, _ in encode_envelopes(rows, self.rows, self.bytes):
-                await self.costs.send(key=rows.column("record_id")[0].as_py().encode(),
-                                      value=payload, partition=partition,
-                                      headers=_headers_for(ARROW, "cost_record"))
+                sent.append(await self.costs.send(
+                    key=rows.column("record_id")[0].as_py().encode(), value=payload,
+                    partition=partition, headers=_headers_for(ARROW, "cost_record")))
+        return sent
 
     async def window_partials(self, table: pa.Table, source: str, offset: int,
-                              watermark: int | None, caught_up: bool = True) -> None:
+                              watermark: int | None, caught_up: bool = True) -> Sent:
         """The partial sums of `table` (cost rows) to every partials partition."""
         summed = partials(conform(table, COST_RECORD), self.windows_seconds)
         count = self._count(self.partials)
@@ -92,14 +100,16 @@ class Outputs:
         last = [] if watermark is None else [
             (WATERMARK_HEADER, str(watermark).encode()),
             (CAUGHT_UP_HEADER, b"1" if caught_up else b"0")]
+        sent: Sent = []
         for partition, rows in enumerate(split_by(summed, homes, count)):
             if rows.num_rows == 0 and watermark is None:
                 continue  # nothing to merge and no time to report
-            await self._send_parts(self.partials, partition, source.encode(), rows, headers,
-                                   last)
+            sent += await self._send_parts(self.partials, partition, source.encode(), rows,
+                                           headers, last)
+        return sent
 
     async def gpu_work(self, table: pa.Table, record: str, source: str,
-                       watermark: int | None, caught_up: bool = True) -> None:
+                       watermark: int | None, caught_up: bool = True) -> Sent:
         """Rows keyed by GPU (own-model costs or samples) to every gpuwork partition."""
         count = self._count(self.gpuwork)
         homes = home_partitions(table.column("gpu_uuid"), count) if table.num_rows \
@@ -108,7 +118,9 @@ class Outputs:
         last = [] if watermark is None else [
             (WATERMARK_HEADER, str(watermark).encode()),
             (CAUGHT_UP_HEADER, b"1" if caught_up else b"0")]
+        sent: Sent = []
         for partition, rows in enumerate(split_by(table, homes, count)):
-            await self._send_parts(self.gpuwork, partition, source.encode(), rows, headers,
-                                   last)
+            sent += await self._send_parts(self.gpuwork, partition, source.encode(), rows,
+                                           headers, last)
+        return sent
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -26,27 +27,62 @@ def _consumer(acked: list[int], committed: int | None) -> SimpleNamespace:
     )
 
 
-def test_a_one_message_hole_at_the_head_is_not_committed_over_but_read_again():
+def _reset() -> None:
     worker_app.pending_rewinds.clear()
-    worker_app.rewinds_done.clear()
+    worker_app.rewinds.clear()
+    worker_app.delivered.clear()
+
+
+def test_a_one_message_hole_at_the_head_is_not_committed_over_but_read_again():
+    _reset()
     consumer = _consumer([53, 54, 55], committed=52)  # 52 skipped, never acknowledged
     assert Consumer._new_offset(consumer, TP) is None
     assert worker_app.pending_rewinds == {TP: 52}
 
 
 def test_contiguous_acks_commit_as_before():
-    worker_app.pending_rewinds.clear()
+    _reset()
     consumer = _consumer([52, 53, 54], committed=52)
     assert Consumer._new_offset(consumer, TP) == 55
     assert not worker_app.pending_rewinds
 
 
-def test_an_offset_that_never_comes_is_accepted_as_a_gap_after_a_few_re_reads():
-    worker_app.pending_rewinds.clear()
-    worker_app.rewinds_done.clear()
-    worker_app.rewinds_done[(TP, 52)] = worker_app.MAX_REWINDS_PER_OFFSET
+def _sought_back(offset: int, delivered_before: int, at: float = 0.0) -> None:
+    worker_app.rewinds[TP] = worker_app.Rewind(offset, None, at, delivered_before)
+
+
+def test_a_re_read_that_is_slow_to_come_is_waited_for_however_many_commits_pass():
+    """A busy worker (a backlog after a broker outage) may take many commit intervals to reach
+    the offset again: the commit waits, and no second seek restarts the re-read meanwhile."""
+    _reset()
+    _sought_back(52, delivered_before=60, at=time.monotonic())
+    sensor = worker_app.DeliverySensor()
+    sensor.on_message_in(TP, 61, None)  # fetched before the seek: not the re-read
+    consumer = _consumer([53, 54, 55], committed=52)
+    for _ in range(20):
+        assert Consumer._new_offset(consumer, TP) is None
+    assert not worker_app.pending_rewinds
+    sensor.on_message_in(TP, 52, None)  # the re-read reached it: processing, wait for its ack
+    assert Consumer._new_offset(consumer, TP) is None
+    assert not worker_app.pending_rewinds
+
+
+def test_an_offset_the_re_read_goes_past_is_accepted_as_a_gap():
+    _reset()
+    _sought_back(52, delivered_before=60, at=time.monotonic())
+    worker_app.DeliverySensor().on_message_in(TP, 53, None)  # 52 does not exist
     consumer = _consumer([53, 54], committed=52)
     assert Consumer._new_offset(consumer, TP) == 55
+    assert TP not in worker_app.rewinds
+
+
+def test_a_re_read_that_went_nowhere_is_sought_again_after_the_patience():
+    _reset()
+    _sought_back(52, delivered_before=60,
+                 at=time.monotonic() - worker_app.REREAD_PATIENCE_SECONDS - 1)
+    consumer = _consumer([53, 54], committed=52)
+    assert Consumer._new_offset(consumer, TP) is None
+    assert worker_app.pending_rewinds == {TP: 52}
 
 
 def test_another_faust_version_is_refused_with_what_to_do():
@@ -76,8 +112,8 @@ def test_an_ack_from_a_stale_generation_is_refused_and_counted():
 
 
 def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
-    worker_app.pending_rewinds.clear()
-    worker_app.rewinds_done.clear()
+    _reset()
+    worker_app.delivered[TP] = 60
     worker_app.pending_rewinds[TP] = 52
     sought: list[tuple] = []
 
@@ -89,5 +125,5 @@ def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
     before = _counter("costpipe_unprocessed_rewinds_total")
     asyncio.run(worker_app.rewind_unprocessed(app))
     assert sought == [(TP, 52)]
-    assert worker_app.rewinds_done == {(TP, 52): 1}
+    assert worker_app.rewinds[TP].offset == 52 and worker_app.rewinds[TP].delivered_before == 60
     assert _counter("costpipe_unprocessed_rewinds_total") == before + 1
