@@ -46,6 +46,7 @@ from costpipe.schemas.envelope import (
     home_partitions,
 )
 from costpipe.schemas.records import COST_RECORD, GPU_SAMPLE, REQUEST_EVENT
+from costpipe.streams import faust_workarounds
 from costpipe.streams.alerts import AlertEngine, alerts_table, post_webhook
 from costpipe.streams.allocation.allocator import GpuAllocator
 from costpipe.streams.app import app, raw_topic
@@ -127,8 +128,11 @@ async def _decode_or_dead_letter(event: Any, schema: pa.Schema) -> pa.RecordBatc
 
 
 async def _process(stage: str, event: Any, work: Any) -> None:
-    """Run one message's work; a message that keeps failing goes to the dead letters."""
+    """Run one message's work, in offset order; a message that keeps failing goes to the dead
+    letters."""
     message = event.message
+    if faust_workarounds.held_back(app, message):
+        return
 
     async def failed(error: BaseException, attempts: int) -> None:
         letter = failure_letter(stage, attempts, error, message.topic, message.partition,
@@ -453,8 +457,11 @@ def _allocator_mark(partition: int, offset: int, gpu: GpuAllocator) -> int | Non
 async def send_held_allocator_marks() -> None:
     """When traffic stops right after a mark was held back, windows must not wait for the
     next message (or for the mergers' idle timeout) to learn it."""
-    for partition, (mark, offset) in list(_marks_held.items()):
-        del _marks_held[partition]
+    for partition in list(_marks_held):
+        held = _marks_held.pop(partition, None)  # the allocator may have sent it meanwhile
+        if held is None:
+            continue
+        mark, offset = held
         if mark > _marks_sent.get(partition, (-(2**62), 0.0))[0]:
             _marks_sent[partition] = (mark, time.monotonic())
             await outputs.window_partials(COST_RECORD.empty_table(),

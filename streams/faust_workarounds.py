@@ -52,6 +52,11 @@ class Rewind:
 
 
 pending_rewinds: dict[Any, int] = {}  # tp -> committed offset to seek back to
+expected: dict[Any, int] = {}  # tp -> the next offset its agent should get (in order)
+held_low: dict[Any, int] = {}  # tp -> lowest offset held back since `expected` stopped
+pending_seeks: dict[Any, int] = {}  # tp -> offset to read again from (a held-back gap)
+_sought_at: dict[Any, tuple[int, float]] = {}  # tp -> (offset, monotonic time) of last seek
+SEEK_AGAIN_SECONDS = 5.0
 rewinds: dict[Any, Rewind] = {}  # tp -> its latest seek back
 delivered: dict[Any, int] = {}  # tp -> highest offset delivered to an agent
 
@@ -163,8 +168,77 @@ def hole_is_a_gap(tp: Any, offset: int, generation: Any, now: float | None = Non
     return False
 
 
+def held_back(app: Any, message: Any) -> bool:
+    """True when `message` must not be processed yet: messages before it in its partition were
+    fetched but never reached the agent (faust-streaming 0.15.3 skips messages around a
+    rebalance, `_CStreamIterator._prepare_event`, and the accelerated path neither acks nor
+    reports them). Processing it anyway would apply offset N+1 before N, and stages that keep a
+    per-source high-water mark (the allocator, the mergers) would then take N, when it is read
+    again, for a replay: its rows lost. The message is left unacknowledged, the partition is
+    read again from the first missing offset, and an offset the re-read goes past is accepted
+    as absent (a real gap: nothing to lose).
+    """
+    tp, offset = message.tp, message.offset
+    nxt = expected.get(tp)
+    if nxt is not None and offset > nxt:
+        low = held_low.get(tp)
+        if low is None or offset > low:
+            if low is None:
+                held_low[tp] = offset
+                log.warning("%s: offsets %d..%d never reached the agent; holding %d back and "
+                            "reading the partition again from %d", tp, nxt, offset - 1, offset,
+                            nxt)
+            pending_seeks[tp] = nxt
+            message.incref()  # so the stream's ack after this iteration does not ack it
+            app.consumer._unacked_messages.discard(message)
+            return True
+        log.warning("%s: the re-read went from %d to %d; offsets %d..%d do not exist", tp,
+                    nxt, offset, nxt, offset - 1)
+    expected[tp] = offset + 1
+    held_low.pop(tp, None)
+    return False
+
+
+def rebase_after_seek_to_committed() -> None:
+    """After a rebalance Faust seeks every assigned partition to its committed offset: that is
+    where each agent's next message must come from (`held_back`)."""
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def perform_seek(self: Consumer) -> None:
+            await original(self)
+            for tp in list(self.assignment()):
+                committed = self._committed_offset.get(tp)
+                if committed is None:
+                    expected.pop(tp, None)
+                else:
+                    expected[tp] = committed
+                held_low.pop(tp, None)
+                pending_seeks.pop(tp, None)
+        return perform_seek
+
+    _patch(Consumer, "perform_seek", make)
+
+
+async def seek_held_back(app: faust.App) -> None:
+    """Read held-back partitions again from their first missing offset (run by a timer)."""
+    if not pending_seeks or not app.flow_control.is_active():
+        return
+    assignment = app.consumer.assignment()
+    now = time.monotonic()
+    for tp, offset in list(pending_seeks.items()):
+        if tp not in assignment or expected.get(tp) != offset:
+            del pending_seeks[tp]  # revoked, or the re-read got there
+            continue
+        last = _sought_at.get(tp)
+        if last is not None and last[0] == offset and now - last[1] < SEEK_AGAIN_SECONDS:
+            continue  # the last seek's re-read is on its way (kept: sought again if not)
+        _sought_at[tp] = (offset, now)
+        REWINDS.inc()
+        await app.consumer.seek(tp, offset)
+
+
 async def rewind_unprocessed(app: faust.App) -> None:
     """Seek partitions back to a committed offset that no agent acknowledged (run by a timer)."""
+    await seek_held_back(app)
     if not pending_rewinds or not app.flow_control.is_active():
         return
     assignment = app.consumer.assignment()
@@ -227,5 +301,6 @@ def install() -> None:
     check_version()
     refuse_stale_generation_acks()
     commit_only_from_committed_offset()
+    rebase_after_seek_to_committed()
     bounded_wait_empty()
     ProducerBuffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES

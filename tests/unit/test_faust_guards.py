@@ -127,3 +127,51 @@ def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
     assert sought == [(TP, 52)]
     assert worker_app.rewinds[TP].offset == 52 and worker_app.rewinds[TP].delivered_before == 60
     assert _counter("costpipe_unprocessed_rewinds_total") == before + 1
+
+
+class _Message(SimpleNamespace):
+    __hash__ = object.__hash__
+
+    def incref(self, n: int = 1) -> None:
+        self.refcount += n
+
+
+def _delivered(offset: int, unacked: set) -> tuple[bool, _Message]:
+    message = _Message(tp=TP, offset=offset, refcount=1)
+    unacked.add(message)
+    app = SimpleNamespace(consumer=SimpleNamespace(_unacked_messages=unacked))
+    return worker_app.held_back(app, message), message
+
+
+def _fresh_order() -> None:
+    for state in (worker_app.expected, worker_app.held_low, worker_app.pending_seeks):
+        state.clear()
+
+
+def test_a_message_after_one_that_never_reached_the_agent_is_held_back_until_the_re_read():
+    """Offset 11 skipped around a rebalance, 12 delivered: processing 12 first would make the
+    allocator take 11, read again later, for a replay (its own-model rows lost)."""
+    _fresh_order()
+    unacked: set = set()
+    assert [_delivered(o, unacked)[0] for o in (9, 10)] == [False, False]
+    held, message = _delivered(12, unacked)
+    assert held and message.refcount == 2 and message not in unacked  # never acked
+    assert worker_app.pending_seeks == {TP: 11}
+    assert _delivered(13, unacked)[0]  # fetched before the seek: held too
+    assert [_delivered(o, unacked)[0] for o in (11, 12, 13)] == [False, False, False]
+    assert worker_app.expected[TP] == 14 and TP not in worker_app.held_low
+
+
+def test_an_offset_the_re_read_goes_past_is_taken_as_absent():
+    _fresh_order()
+    unacked: set = set()
+    _delivered(10, unacked)
+    assert _delivered(12, unacked)[0]  # 11 missing: held, read again from 11
+    assert _delivered(12, unacked)[0] is False  # the re-read starts at 12: 11 does not exist
+    assert worker_app.expected[TP] == 13
+
+
+def test_re_reads_of_processed_offsets_go_through_in_order():
+    _fresh_order()
+    unacked: set = set()
+    assert [_delivered(o, unacked)[0] for o in (5, 6, 7, 5, 6, 7, 8)] == [False] * 7
