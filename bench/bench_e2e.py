@@ -75,8 +75,12 @@ def fill(run: Run, rate: int, duration_s: int, json_topic: str,
         tables.append(table)
         requests.emit_batch(table)
 
+    # Event times end before now: the worker dead-letters events more than
+    # ingest.max_future_seconds ahead of its clock, and a long run simulated from now would be.
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration_s + 120)
     summary = simulate(run.settings, rate=rate, duration_s=duration_s, seed=1, gpus=16,
-                       as_fast_as_possible=True, request_sink=sink, flush_timeout_s=300)
+                       as_fast_as_possible=True, request_sink=sink, flush_timeout_s=300,
+                       start=start)
     requests.flush(300)
     stats = requests.stats
     if envelope_rows is not None:

@@ -119,6 +119,8 @@ def delete_topics(settings: Settings, marker: str) -> None:
     admin = AdminClient(confluent_admin(settings))
     try:
         names = [t for t in admin.list_topics(timeout=10).topics if marker in t]
+        if not names:
+            return
         for name, future in admin.delete_topics(names, operation_timeout=30).items():
             try:
                 future.result(60)

@@ -206,6 +206,21 @@ def benches(args: argparse.Namespace) -> list[Bench]:
                   Figure("growth_pct", "growth", "%", "flat (<= 10)", le(10.0), 1),
               ), runs=1 if args.quick else None, timeout=args.memory_duration + 300),
     ]
+    out.append(Bench(
+        "scaleout", "Scale-out: 1, 2 and 4 workers on the same 2M requests (8 partitions; the"
+        " broker shares the 2 cores), then SIGKILL of 1 of 2", [PY, "-m", "bench.bench_scaleout"],
+        last_json, (
+            Figure("events_per_s_1", "1 worker", "events/s"),
+            Figure("events_per_s_2", "2 workers", "events/s"),
+            Figure("events_per_s_4", "4 workers", "events/s"),
+            Figure("speedup_2", "2 workers / 1 worker", "x", ">= 1.6", ge(1.6), 2),
+            Figure("cpu_us_per_event_1", "CPU per event, 1 worker", "us", digits=1),
+            Figure("cpu_us_per_event_2", "CPU per event, 2 workers", "us", digits=1),
+            Figure("cpu_growth_2", "CPU per event growth, 2 workers", "x", "<= 0.10", le(0.10),
+                   3),
+            Figure("recovery_s", "SIGKILL of 1 of 2: offsets moving again after", "s",
+                   digits=1),
+        ), runs=1, timeout=2400))
     if (ROOT / "bench" / "bench_streams.py").exists():
         out.insert(1, Bench("streams", "Stream processing per batch, no Kafka (one core)",
                             [PY, "-m", "bench.bench_streams"], parse_streams,

@@ -224,6 +224,7 @@ async def seek_held_back(app: faust.App) -> None:
         return
     assignment = app.consumer.assignment()
     now = time.monotonic()
+    seeks: dict[Any, int] = {}
     for tp, offset in list(pending_seeks.items()):
         if tp not in assignment or expected.get(tp) != offset:
             del pending_seeks[tp]  # revoked, or the re-read got there
@@ -232,8 +233,17 @@ async def seek_held_back(app: faust.App) -> None:
         if last is not None and last[0] == offset and now - last[1] < SEEK_AGAIN_SECONDS:
             continue  # the last seek's re-read is on its way (kept: sought again if not)
         _sought_at[tp] = (offset, now)
-        REWINDS.inc()
-        await app.consumer.seek(tp, offset)
+        seeks[tp] = offset
+    if seeks:
+        REWINDS.inc(len(seeks))
+        await _seek(app, seeks)
+
+
+async def _seek(app: faust.App, offsets: dict[Any, int]) -> None:
+    """Seek on the consumer's own thread: `Consumer.seek` calls aiokafka from the caller's
+    thread, and a seek racing the fetch crashed the fetcher (KeyError in `fetched_records`,
+    seen in the scale-out bench)."""
+    await app.consumer.seek_wait(offsets)
 
 
 async def rewind_unprocessed(app: faust.App) -> None:
@@ -242,6 +252,7 @@ async def rewind_unprocessed(app: faust.App) -> None:
     if not pending_rewinds or not app.flow_control.is_active():
         return
     assignment = app.consumer.assignment()
+    seeks: dict[Any, int] = {}
     for tp, offset in list(pending_rewinds.items()):
         del pending_rewinds[tp]
         if tp not in assignment or app.consumer._committed_offset[tp] != offset:
@@ -251,7 +262,9 @@ async def rewind_unprocessed(app: faust.App) -> None:
         REWINDS.inc()
         log.warning("%s: offset %d was skipped and never acknowledged; reading the partition "
                     "again from there", tp, offset)
-        await app.consumer.seek(tp, offset)
+        seeks[tp] = offset
+    if seeks:
+        await _seek(app, seeks)
 
 
 def bounded_wait_empty() -> None:

@@ -117,10 +117,11 @@ def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
     worker_app.pending_rewinds[TP] = 52
     sought: list[tuple] = []
 
-    async def seek(tp, offset):
-        sought.append((tp, offset))
+    async def seek_wait(offsets):
+        sought.extend(offsets.items())
 
-    consumer = SimpleNamespace(assignment=lambda: {TP}, _committed_offset={TP: 52}, seek=seek)
+    consumer = SimpleNamespace(assignment=lambda: {TP}, _committed_offset={TP: 52},
+                               seek_wait=seek_wait)
     app = SimpleNamespace(consumer=consumer, flow_control=SimpleNamespace(is_active=lambda: True))
     before = _counter("costpipe_unprocessed_rewinds_total")
     asyncio.run(worker_app.rewind_unprocessed(app))
