@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -22,6 +23,15 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def fail(command: str, message: str, code: int = 2) -> NoReturn:
     typer.secho(f"costpipe {command}: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def parse_time(command: str, option: str, value: str) -> dt.datetime:
+    """ISO 8601 ('2026-12-01T10:00:00Z', offsets allowed) -> an aware datetime (UTC if none)."""
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(command, f"{option} must be ISO 8601 such as 2026-12-01T10:00:00Z (got {value!r})")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def parse_duration(command: str, option: str, value: str) -> float:

@@ -17,6 +17,8 @@ from typing import Any
 
 import typer
 
+from costpipe.cli.commands._edges import parse_time
+
 PRINTABLE = set(string.printable) - set("\x0b\x0c\r")
 
 
@@ -71,15 +73,7 @@ def _selected(row: dict[str, Any], source_topic: str | None, reason: str | None,
 
 
 def _since(text: str | None) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        typer.secho(f"costpipe deadletter: --since must be ISO 8601 such as "
-                    f"2026-12-01T10:00:00Z (got {text!r})", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return None if text is None else parse_time("deadletter", "--since", text)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,8 @@ import datetime as dt
 
 import typer
 
+from costpipe.cli.commands._edges import parse_time
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -19,15 +21,7 @@ def register(app: typer.Typer) -> None:
         from costpipe.collectors.heartbeat import send_watermark
         from costpipe.core.settings import get_settings
 
-        until = dt.datetime.now(dt.UTC)
-        if at is not None:
-            try:
-                until = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
-            except ValueError:
-                typer.secho(f"costpipe heartbeat: --at must be ISO 8601 such as "
-                            f"2026-12-01T10:00:00Z (got {at!r})", err=True, fg=typer.colors.RED)
-                raise typer.Exit(2) from None
-            until = until if until.tzinfo else until.replace(tzinfo=dt.UTC)
+        until = dt.datetime.now(dt.UTC) if at is None else parse_time("heartbeat", "--at", at)
         try:
             sent = send_watermark(get_settings(), until, timeout=15.0)
         except Exception as exc:  # an unreachable broker: one line, not a traceback

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from costpipe.cli.commands._edges import fail
+from costpipe.cli.commands._edges import fail, parse_time
 from costpipe.core.settings import get_settings
 
 
@@ -44,15 +44,7 @@ def register(app: typer.Typer) -> None:
             spikes = [Spike.parse(text) for text in spike]
         except ValueError as exc:
             fail("simulate", str(exc))
-        begin = None
-        if start is not None:
-            try:
-                begin = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
-            except ValueError:
-                fail("simulate", f"--start must be ISO 8601 such as 2025-06-01T12:00:00Z "
-                                 f"(got {start!r})")
-            if begin.tzinfo is None:
-                begin = begin.replace(tzinfo=dt.UTC)
+        begin = None if start is None else parse_time("simulate", "--start", start)
         settings = get_settings()
         summary = _run_with_progress(run_simulation, settings, rate, duration, internal_share,
                                      seed, gpus, spikes, begin, as_fast_as_possible, as_json)
