@@ -15,9 +15,11 @@ key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -185,6 +187,20 @@ class _PerPartition:
     def forget(self, message: Any) -> None:
         """Drop the partition's object (the next message rebuilds it from the table)."""
         self.items.pop(message.partition, None)
+
+    @contextlib.contextmanager
+    def writes_held(self, message: Any, item: Any) -> Iterator[None]:
+        """`item`'s table writes wait until the block is done (its output delivered, see
+        `costpipe.streams.state`); on failure they are dropped, and so is `item`, whose
+        caches saw them (the retry rebuilds it from the table)."""
+        item.store.hold()
+        try:
+            yield
+        except BaseException:
+            item.store.discard()
+            self.forget(message)
+            raise
+        item.store.release()
 
 
 # ------------------------------------------------------------------ costing
@@ -383,14 +399,8 @@ async def _allocate(event: Any) -> None:
     final = number == count
     if gpu.is_replay(source):
         return  # re-forwarded after an upstream restart: already buffered or closed
-    gpu.store.hold()
-    try:
+    with allocators.writes_held(msg, gpu):
         await _allocate_held(event, gpu, record, source, number, count)
-    except BaseException:
-        gpu.store.discard()
-        allocators.forget(msg)  # its caches saw the discarded writes: rebuilt from the table
-        raise
-    gpu.store.release()
     if final:
         gpu.mark_applied(source)
 
@@ -488,19 +498,13 @@ async def _merge(event: Any) -> None:
     offset = int(header_value(event.headers, OFFSET_HEADER) or msg.offset)
     part = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
     number, count = envelope.part(event.headers)
-    merge.store.hold()  # closed windows go out before the state that closed them
-    try:
+    with mergers.writes_held(msg, merge):  # closed windows go out before the state
         # The partials message offset names late-delta revisions of evicted windows.
         closed = merge.apply(part, source, offset, envelope.watermark(event.headers),
                              position=msg.offset, final=number == count,
                              caught_up=header_value(event.headers, "costpipe-caught-up") != "0",
                              allocator=source.startswith(f"{topics.gpuwork}:"))
         await _send_windows(msg, merge, closed)
-    except BaseException:
-        merge.store.discard()
-        mergers.forget(msg)
-        raise
-    merge.store.release()
     STAGE["merger"].rows_in(part.num_rows)
     STAGE["merger"].rows_out(closed.num_rows)
 
