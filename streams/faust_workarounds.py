@@ -38,6 +38,7 @@ class FaustVersionError(RuntimeError):
 
 
 REREAD_PATIENCE_SECONDS = 60.0  # a re-read that has not reached the offset by then: seek again
+SEEK_AGAIN_SECONDS = 5.0  # a held-back partition not re-read by then is sought again
 
 
 @dataclass
@@ -56,7 +57,6 @@ expected: dict[Any, int] = {}  # tp -> the next offset its agent should get (in 
 held_low: dict[Any, int] = {}  # tp -> lowest offset held back since `expected` stopped
 pending_seeks: dict[Any, int] = {}  # tp -> offset to read again from (a held-back gap)
 _sought_at: dict[Any, tuple[int, float]] = {}  # tp -> (offset, monotonic time) of last seek
-SEEK_AGAIN_SECONDS = 5.0
 rewinds: dict[Any, Rewind] = {}  # tp -> its latest seek back
 delivered: dict[Any, int] = {}  # tp -> highest offset delivered to an agent
 
