@@ -39,6 +39,7 @@ class FaustVersionError(RuntimeError):
 
 REREAD_PATIENCE_SECONDS = 60.0  # a re-read that has not reached the offset by then: seek again
 SEEK_AGAIN_SECONDS = 5.0  # a held-back partition not re-read by then is sought again
+DROPPED_TAIL_SECONDS = 5.0  # fetched, nothing in flight, commit not moving that long: re-read
 
 
 @dataclass
@@ -59,6 +60,7 @@ pending_seeks: dict[Any, int] = {}  # tp -> offset to read again from (a held-ba
 _sought_at: dict[Any, tuple[int, float]] = {}  # tp -> (offset, monotonic time) of last seek
 rewinds: dict[Any, Rewind] = {}  # tp -> its latest seek back
 delivered: dict[Any, int] = {}  # tp -> highest offset delivered to an agent
+_tails: dict[Any, tuple[tuple[Any, ...], float]] = {}  # tp -> (fetch state, first seen)
 
 
 class DeliverySensor(faust.Sensor):
@@ -176,10 +178,13 @@ def held_back(app: Any, message: Any) -> bool:
     per-source high-water mark (the allocator, the mergers) would then take N, when it is read
     again, for a replay: its rows lost. The message is left unacknowledged, the partition is
     read again from the first missing offset, and an offset the re-read goes past is accepted
-    as absent (a real gap: nothing to lose).
+    as absent (a real gap: nothing to lose). A message before the expected offset was done by
+    this agent already (the partition is read again for another agent of its topic): skipped.
     """
     tp, offset = message.tp, message.offset
     nxt = expected.get(tp)
+    if nxt is not None and offset < nxt:  # this agent did it already: a re-read for another
+        return True                        # agent of the topic (the stream acks it for us)
     if nxt is not None and offset > nxt:
         low = held_low.get(tp)
         if low is None or offset > low:
@@ -239,6 +244,79 @@ async def seek_held_back(app: faust.App) -> None:
         await _seek(app, seeks)
 
 
+def _fetch_positions(consumer: Any) -> dict[Any, int]:
+    """The next offset aiokafka will fetch, per assigned partition (its subscription state;
+    read-only, aiokafka 0.14)."""
+    try:
+        assignment = consumer._thread._ensure_consumer()._subscription.subscription.assignment
+    except Exception:  # not assigned (yet): nothing to compare
+        return {}
+    positions = {}
+    for tp in list(assignment.tps):
+        state = assignment.state_value(tp)
+        if state is not None and state.has_valid_position:
+            positions[tp] = state.position
+    return positions
+
+
+def dropped_tails(app: Any, now: float | None = None) -> dict[Any, int]:
+    """Partitions whose fetched messages after the committed offset reached no agent, and the
+    offset to read them again from.
+
+    faust-streaming 0.15.3 drops fetched records in `Consumer.getmany` when the generation
+    changes or a partition leaves the active set mid-fetch (aiokafka's position has moved past
+    them, and nothing seeks back), and its accelerated iterator skips messages around a
+    rebalance. A later message of the partition makes `held_back` / `rewind_unprocessed` read
+    them again; for the last messages before a quiet period nothing did (a SIGKILL recovery
+    test waited for ever). Evidence, held for DROPPED_TAIL_SECONDS: aiokafka fetched past the
+    committed offset, yet no message of the partition is in flight (unacknowledged, acked but
+    not committed, or held back) and every agent's queue is empty.
+    """
+    now = time.monotonic() if now is None else now
+    consumer = app.consumer
+    if not app.flow_control.is_active() or any(not ch.queue.empty() for ch in app.topics):
+        _tails.clear()
+        return {}
+    positions = _fetch_positions(consumer)
+    if not positions:
+        return {}
+    in_flight = {m.tp for m in list(consumer._unacked_messages)}
+    generation = _generation(consumer)
+    found: dict[Any, int] = {}
+    for tp, position in positions.items():
+        committed = consumer._committed_offset.get(tp)
+        start = 0 if committed is None else committed
+        if position <= start or tp in in_flight or consumer._acked.get(tp) \
+                or tp in held_low or tp in pending_seeks \
+                or not app.topics.acks_enabled_for(tp.topic):
+            _tails.pop(tp, None)
+            continue
+        state = (generation, committed, position)
+        seen = _tails.get(tp)
+        if seen is None or seen[0] != state:
+            _tails[tp] = (state, now)
+        elif now - seen[1] >= DROPPED_TAIL_SECONDS:
+            del _tails[tp]
+            found[tp] = start
+    return found
+
+
+async def reread_dropped_tails(app: faust.App) -> None:
+    """Read partitions found by `dropped_tails` again from their committed offset (timer)."""
+    seeks = dropped_tails(app)
+    if not seeks:
+        return
+    for tp, offset in seeks.items():
+        log.warning("%s: offsets %d.. were fetched but reached no agent; reading the partition "
+                    "again from %d", tp, offset, offset)
+        if app.consumer._committed_offset.get(tp) is None:
+            expected.pop(tp, None)
+        else:
+            expected[tp] = offset  # every agent acknowledged everything before it
+    REWINDS.inc(len(seeks))
+    await _seek(app, seeks)
+
+
 async def _seek(app: faust.App, offsets: dict[Any, int]) -> None:
     """Seek on the consumer's own thread: `Consumer.seek` calls aiokafka from the caller's
     thread, and a seek racing the fetch crashed the fetcher (KeyError in `fetched_records`,
@@ -249,6 +327,7 @@ async def _seek(app: faust.App, offsets: dict[Any, int]) -> None:
 async def rewind_unprocessed(app: faust.App) -> None:
     """Seek partitions back to a committed offset that no agent acknowledged (run by a timer)."""
     await seek_held_back(app)
+    await reread_dropped_tails(app)
     if not pending_rewinds or not app.flow_control.is_active():
         return
     assignment = app.consumer.assignment()
@@ -302,6 +381,28 @@ def bounded_wait_empty() -> None:
     _patch(Consumer, "wait_empty", make)
 
 
+def verify_partitions_once_known() -> None:
+    """Check a table's changelog partitions only once the consumer's metadata knows them.
+
+    faust-streaming 0.15.3, `Collection._verify_source_topic_partitions`: a changelog topic
+    created moments before has 0 partitions in the first metadata, and the table's first
+    write raised `PartitionsMismatch` ("... has 2 partitions, but the changelog topic has 0"),
+    which stops the worker (seen once in a few dozen test starts). Unknown is not a mismatch:
+    the check is left for a later write. No upstream issue.
+    """
+    from faust.tables.base import Collection
+
+    def make(original: Callable[..., None]) -> Callable[..., None]:
+        def _verify_source_topic_partitions(self: Any, source_topic: str) -> None:
+            if source_topic not in self._verified_source_topics_for_partitions \
+                    and not self.app.consumer.topic_partitions(self.changelog_topic_name):
+                return
+            original(self, source_topic)
+        return _verify_source_topic_partitions
+
+    _patch(Collection, "_verify_source_topic_partitions", make)
+
+
 def quiet_worker(worker: Any) -> None:
     """No terminal spinner: mode's Worker sets the root logger to DEBUG to drive it, so every
     debug call in aiokafka and Faust builds a log record (~3 % of the worker's CPU). No
@@ -316,4 +417,5 @@ def install() -> None:
     commit_only_from_committed_offset()
     rebase_after_seek_to_committed()
     bounded_wait_empty()
+    verify_partitions_once_known()
     ProducerBuffer.max_messages = PRODUCER_BUFFER_MAX_MESSAGES

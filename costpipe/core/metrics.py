@@ -103,8 +103,9 @@ STALE_ACKS = _counter(
 REWINDS = _counter(
     "costpipe_unprocessed_rewinds",
     "Partitions read again from an offset that was skipped, never acknowledged", (), "worker",
-    "Partitions sought back to a committed offset that no agent acknowledged (a "
-    "faust-streaming workaround, docs/decisions/2026-11-28-faust-workarounds.md)",
+    "Partitions read again from an offset that no agent acknowledged, or whose fetched "
+    "messages reached no agent (a faust-streaming workaround, "
+    "docs/decisions/2026-11-28-faust-workarounds.md)",
 )
 ALERTS = _counter("costpipe_alerts", "Alerts fired", ("rule",), "worker")
 LAKE_LOCATIONS = _gauge(

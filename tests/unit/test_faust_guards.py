@@ -9,13 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 from faust.transport.consumer import Consumer
+from faust.types import TP as FaustTP
 from intervaltree import IntervalTree
 from prometheus_client import REGISTRY
 
 import costpipe.streams.app  # noqa: F401  (installs the workarounds)
 from costpipe.streams import faust_workarounds as worker_app
 
-TP = ("costpipe.requests.v1", 1)
+TP = FaustTP("costpipe.requests.v1", 1)
 
 
 def _consumer(acked: list[int], committed: int | None) -> SimpleNamespace:
@@ -122,7 +123,8 @@ def test_a_rewind_seeks_back_to_the_unacknowledged_offset_and_counts_it():
 
     consumer = SimpleNamespace(assignment=lambda: {TP}, _committed_offset={TP: 52},
                                seek_wait=seek_wait)
-    app = SimpleNamespace(consumer=consumer, flow_control=SimpleNamespace(is_active=lambda: True))
+    app = SimpleNamespace(consumer=consumer, flow_control=SimpleNamespace(is_active=lambda: True),
+                          topics=_Topics())
     before = _counter("costpipe_unprocessed_rewinds_total")
     asyncio.run(worker_app.rewind_unprocessed(app))
     assert sought == [(TP, 52)]
@@ -172,7 +174,97 @@ def test_an_offset_the_re_read_goes_past_is_taken_as_absent():
     assert worker_app.expected[TP] == 13
 
 
-def test_re_reads_of_processed_offsets_go_through_in_order():
+def test_re_reads_of_offsets_this_agent_processed_are_skipped():
+    """The partition read again for another agent of the topic (the lake sink): this agent's
+    work for 5..7 is done and sent; doing it twice would count it twice."""
     _fresh_order()
     unacked: set = set()
-    assert [_delivered(o, unacked)[0] for o in (5, 6, 7, 5, 6, 7, 8)] == [False] * 7
+    done = [_delivered(o, unacked)[0] for o in (5, 6, 7, 5, 6, 7, 8)]
+    assert done == [False, False, False, True, True, True, False]
+    assert worker_app.expected[TP] == 9 and not worker_app.pending_seeks
+
+
+class _Queue:
+    def __init__(self, size: int = 0) -> None:
+        self.size = size
+
+    def empty(self) -> bool:
+        return self.size == 0
+
+
+def _tail_app(position: int, committed: int | None, *, unacked: tuple = (), acked: tuple = (),
+              queued: int = 0, active: bool = True) -> SimpleNamespace:
+    state = SimpleNamespace(has_valid_position=True, position=position)
+    assignment = SimpleNamespace(tps={TP}, state_value=lambda tp: state)
+    aiokafka = SimpleNamespace(_subscription=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment)))
+    sought: list[tuple] = []
+
+    async def seek_wait(offsets):
+        sought.extend(offsets.items())
+
+    consumer = SimpleNamespace(
+        _thread=SimpleNamespace(_ensure_consumer=lambda: aiokafka),
+        _unacked_messages={_Message(tp=TP, offset=o, refcount=1) for o in unacked},
+        _acked=defaultdict(list, {TP: list(acked)}),
+        _committed_offset=defaultdict(lambda: None, {TP: committed}),
+        seek_wait=seek_wait, sought=sought)
+    return SimpleNamespace(
+        consumer=consumer, consumer_generation_id=3,
+        flow_control=SimpleNamespace(is_active=lambda: active),
+        topics=_Topics([SimpleNamespace(queue=_Queue(queued))]))
+
+
+class _Topics(list):
+    def acks_enabled_for(self, topic: str) -> bool:
+        return True
+
+
+def test_messages_fetched_after_the_commit_that_reached_no_agent_are_read_again():
+    """A SIGKILL recovery test: the new owner's fetch of requests[0]@7 was dropped by Faust
+    around its first rebalance, and no later message came to reveal the hole."""
+    _fresh_order()
+    worker_app._tails.clear()
+    app = _tail_app(position=8, committed=7)
+    wait = worker_app.DROPPED_TAIL_SECONDS
+    assert worker_app.dropped_tails(app, now=100.0) == {}  # first sight: maybe on its way
+    assert worker_app.dropped_tails(app, now=100.0 + wait / 2) == {}
+    assert worker_app.dropped_tails(app, now=100.0 + wait) == {TP: 7}
+    worker_app.expected[TP] = 5
+    worker_app.dropped_tails(app, now=time.monotonic() - wait)  # seen a while ago
+    asyncio.run(worker_app.reread_dropped_tails(app))
+    assert app.consumer.sought == [(TP, 7)] and worker_app.expected[TP] == 7
+
+
+@pytest.mark.parametrize("state", [
+    {"unacked": (7,)},  # an agent is on it (or holds it until its state is saved)
+    {"acked": (7,)},  # done, the commit is on its way
+    {"queued": 1},  # still in an agent's queue
+    {"active": False},  # a rebalance: Faust seeks to the committed offsets itself
+    {"position": 7},  # nothing fetched past the commit
+])
+def test_messages_in_flight_are_never_taken_for_dropped(state):
+    _fresh_order()
+    worker_app._tails.clear()
+    app = _tail_app(**{"position": 8, "committed": 7, **state})
+    for now in (0.0, 60.0, 120.0):
+        assert worker_app.dropped_tails(app, now=now) == {}
+
+
+def test_a_changelog_whose_partitions_are_not_known_yet_is_no_mismatch():
+    from faust.exceptions import PartitionsMismatch
+    from faust.tables.base import Collection
+
+    known: dict[str, int] = {"windows": 2, "alerting-changelog": 0}
+    table = SimpleNamespace(
+        _verified_source_topics_for_partitions=set(), changelog_topic_name="alerting-changelog",
+        name="alerting", app=SimpleNamespace(consumer=SimpleNamespace(
+            topic_partitions=lambda topic: known.get(topic))))
+    Collection._verify_source_topic_partitions(table, "windows")  # not known yet: no verdict
+    assert not table._verified_source_topics_for_partitions
+    known["alerting-changelog"] = 2
+    Collection._verify_source_topic_partitions(table, "windows")
+    assert table._verified_source_topics_for_partitions == {"windows"}
+    known["alerting-changelog"], table._verified_source_topics_for_partitions = 3, set()
+    with pytest.raises(PartitionsMismatch):
+        Collection._verify_source_topic_partitions(table, "windows")
