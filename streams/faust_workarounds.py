@@ -58,6 +58,7 @@ expected: dict[Any, int] = {}  # tp -> the next offset its agent should get (in 
 held_low: dict[Any, int] = {}  # tp -> lowest offset held back since `expected` stopped
 pending_seeks: dict[Any, int] = {}  # tp -> offset to read again from (a held-back gap)
 _sought_at: dict[Any, tuple[int, float]] = {}  # tp -> (offset, monotonic time) of last seek
+_seeks_done: dict[Any, tuple[int, int]] = {}  # tp -> (offset, seeks there done since the hold)
 rewinds: dict[Any, Rewind] = {}  # tp -> its latest seek back
 delivered: dict[Any, int] = {}  # tp -> highest offset delivered to an agent
 _tails: dict[Any, tuple[tuple[Any, ...], float]] = {}  # tp -> (fetch state, first seen)
@@ -176,20 +177,20 @@ def held_back(app: Any, message: Any) -> bool:
     rebalance, `_CStreamIterator._prepare_event`, and the accelerated path neither acks nor
     reports them). Processing it anyway would apply offset N+1 before N, and stages that keep a
     per-source high-water mark (the allocator, the mergers) would then take N, when it is read
-    again, for a replay: its rows lost. The message is left unacknowledged, the partition is
-    read again from the first missing offset, and an offset the re-read goes past is accepted
-    as absent (a real gap: nothing to lose). A message before the expected offset was done by
-    this agent already (the partition is read again for another agent of its topic): skipped.
+    again, for a replay: its rows lost. The message is left unacknowledged and the partition is
+    read again from the first missing offset. The missing offsets are taken as absent (a real
+    gap: nothing to lose) only when two of those re-reads, each begun after the hold, went past
+    them: a copy of the held message fetched before the first seek is no evidence (a SIGKILL
+    test lost 4 requests messages to that).
     """
     tp, offset = message.tp, message.offset
     nxt = expected.get(tp)
-    if nxt is not None and offset < nxt:  # this agent did it already: a re-read for another
-        return True                        # agent of the topic (the stream acks it for us)
     if nxt is not None and offset > nxt:
         low = held_low.get(tp)
-        if low is None or offset > low:
+        if low is None or offset > low or _reread_count(tp) < 2:
             if low is None:
                 held_low[tp] = offset
+                _seeks_done[tp] = (nxt, 0)
                 log.warning("%s: offsets %d..%d never reached the agent; holding %d back and "
                             "reading the partition again from %d", tp, nxt, offset - 1, offset,
                             nxt)
@@ -197,11 +198,18 @@ def held_back(app: Any, message: Any) -> bool:
             message.incref()  # so the stream's ack after this iteration does not ack it
             app.consumer._unacked_messages.discard(message)
             return True
-        log.warning("%s: the re-read went from %d to %d; offsets %d..%d do not exist", tp,
+        log.warning("%s: two re-reads went from %d to %d; offsets %d..%d do not exist", tp,
                     nxt, offset, nxt, offset - 1)
     expected[tp] = offset + 1
     held_low.pop(tp, None)
+    _seeks_done.pop(tp, None)
     return False
+
+
+def _reread_count(tp: Any) -> int:
+    """How many re-reads from the first missing offset have begun since the hold."""
+    nxt, done = _seeks_done.get(tp, (None, 0))
+    return done if nxt == expected.get(tp) else 0
 
 
 def rebase_after_seek_to_committed() -> None:
@@ -218,6 +226,7 @@ def rebase_after_seek_to_committed() -> None:
                     expected[tp] = committed
                 held_low.pop(tp, None)
                 pending_seeks.pop(tp, None)
+                _seeks_done.pop(tp, None)
         return perform_seek
 
     _patch(Consumer, "perform_seek", make)
@@ -242,6 +251,9 @@ async def seek_held_back(app: faust.App) -> None:
     if seeks:
         REWINDS.inc(len(seeks))
         await _seek(app, seeks)
+        for tp, offset in seeks.items():  # messages delivered from now on are the re-read's
+            nxt, done = _seeks_done.get(tp, (offset, 0))
+            _seeks_done[tp] = (offset, done + 1 if nxt == offset else 1)
 
 
 def _fetch_positions(consumer: Any) -> dict[Any, int]:

@@ -147,7 +147,8 @@ def _delivered(offset: int, unacked: set) -> tuple[bool, _Message]:
 
 
 def _fresh_order() -> None:
-    for state in (worker_app.expected, worker_app.held_low, worker_app.pending_seeks):
+    for state in (worker_app.expected, worker_app.held_low, worker_app.pending_seeks,
+                  worker_app._seeks_done):
         state.clear()
 
 
@@ -165,23 +166,47 @@ def test_a_message_after_one_that_never_reached_the_agent_is_held_back_until_the
     assert worker_app.expected[TP] == 14 and TP not in worker_app.held_low
 
 
-def test_an_offset_the_re_read_goes_past_is_taken_as_absent():
+def _seek_held(done: list) -> None:
+    async def seek_wait(offsets):
+        done.extend(offsets.items())
+
+    worker_app._sought_at.clear()
+    app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {TP},
+                                                   seek_wait=seek_wait),
+                          flow_control=SimpleNamespace(is_active=lambda: True))
+    asyncio.run(worker_app.seek_held_back(app))
+
+
+def test_an_offset_two_re_reads_go_past_is_taken_as_absent():
     _fresh_order()
     unacked: set = set()
+    sought: list = []
     _delivered(10, unacked)
     assert _delivered(12, unacked)[0]  # 11 missing: held, read again from 11
-    assert _delivered(12, unacked)[0] is False  # the re-read starts at 12: 11 does not exist
-    assert worker_app.expected[TP] == 13
+    _seek_held(sought)
+    assert _delivered(12, unacked)[0]  # one re-read started at 12: not yet evidence
+    _seek_held(sought)
+    assert _delivered(12, unacked)[0] is False  # the second did too: 11 does not exist
+    assert worker_app.expected[TP] == 13 and sought == [(TP, 11), (TP, 11)]
 
 
-def test_re_reads_of_offsets_this_agent_processed_are_skipped():
-    """The partition read again for another agent of the topic (the lake sink): this agent's
-    work for 5..7 is done and sent; doing it twice would count it twice."""
+def test_a_copy_of_the_held_message_fetched_before_the_re_read_is_no_evidence():
+    """A SIGKILL run: 72 held (68..71 missing), and a second copy of 72 came 2 ms later, before
+    any seek; taking 68..71 for absent lost four requests messages."""
     _fresh_order()
     unacked: set = set()
-    done = [_delivered(o, unacked)[0] for o in (5, 6, 7, 5, 6, 7, 8)]
-    assert done == [False, False, False, True, True, True, False]
-    assert worker_app.expected[TP] == 9 and not worker_app.pending_seeks
+    sought: list = []
+    _delivered(67, unacked)
+    assert _delivered(72, unacked)[0] and _delivered(72, unacked)[0]  # both held
+    _seek_held(sought)
+    assert [_delivered(o, unacked)[0] for o in (68, 69, 70, 71, 72)] == [False] * 5
+    assert worker_app.expected[TP] == 73 and TP not in worker_app.held_low
+
+
+def test_re_reads_of_processed_offsets_go_through_in_order():
+    _fresh_order()
+    unacked: set = set()
+    assert [_delivered(o, unacked)[0] for o in (5, 6, 7, 5, 6, 7, 8)] == [False] * 7
 
 
 class _Queue:

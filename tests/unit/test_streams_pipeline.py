@@ -152,3 +152,13 @@ def test_a_backlogged_requests_partition_is_never_idle() -> None:
     wall[0] += 3600
     assert GpuAllocator(settings, allocator.store, clock=lambda: wall[0]).watermark() \
         == 6 * minute  # the backlog flag is persisted
+
+
+def test_the_partials_of_no_rows_match_those_of_rows() -> None:
+    """No rows short-cut the group_bys; the merger must see the same columns either way."""
+    settings = _settings()
+    batch = make_workload(settings, seconds=5, per_second=20).requests[0]
+    some = partials(conform(cost_records(batch, settings, 0, 0)[0], COST_RECORD), 60)
+    none = partials(conform(COST_RECORD.empty_table(), COST_RECORD), 60)
+    assert some.num_rows > 0 and none.num_rows == 0
+    assert none.schema == some.schema
