@@ -16,6 +16,7 @@ import pytest
 
 from costpipe import broker
 from costpipe.core.settings import LakeSettings, Settings
+from tests import secure_kafka
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_PORT = 29092
@@ -50,7 +51,8 @@ def kafka_bootstrap() -> Iterator[str]:
     settings = session_broker_settings()
     already = broker.status(settings).running
     try:
-        bootstrap = broker.ensure_running(settings)
+        bootstrap = broker.ensure_running(
+            settings, secure=secure_kafka.listener(TEST_STATE_DIR))
     except broker.BrokerError as exc:
         pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
     yield bootstrap
@@ -59,6 +61,27 @@ def kafka_bootstrap() -> Iterator[str]:
 
         close_shared(timeout=5.0)  # before the broker goes: no reconnect noise at exit
         broker.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def secure_cluster(kafka_bootstrap: str) -> secure_kafka.SecureCluster:
+    """The session broker's SASL_SSL listener (SCRAM over TLS, ACLs enforced); tests make
+    their own users and grants. Not available when the tests run against an external cluster.
+    """
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("the secure listener is the project's test broker's; "
+                    "KAFKA_BOOTSTRAP_SERVERS points the tests elsewhere")
+    if not broker._port_open(secure_kafka.SECURE_PORT):
+        pytest.fail(f"the test broker on {kafka_bootstrap} has no SASL_SSL listener on "
+                    f"{secure_kafka.SECURE_PORT} (started by an older tree?); stop it with "
+                    f"`rm -rf {TEST_STATE_DIR}` after killing it, and run the tests again",
+                    pytrace=False)
+    from costpipe.broker import _admin
+
+    return secure_kafka.SecureCluster(
+        bootstrap=f"127.0.0.1:{secure_kafka.SECURE_PORT}",
+        cafile=TEST_STATE_DIR / "tls" / "ca.pem",
+        admin=_admin(session_broker_settings()))
 
 
 @pytest.fixture

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from costpipe.broker.secure import SecureListener, server_properties
 from costpipe.core import limits
-from costpipe.core.kafka_clients import confluent_admin
+from costpipe.core.kafka_clients import SecurityLatch, confluent_admin
 from costpipe.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ _QUIET.propagate = False
 
 class BrokerError(RuntimeError):
     """A broker problem, worded as one line that says what to do."""
+
+
+class SecurityError(BrokerError):
+    """The cluster answers but refuses these credentials or is not trusted (the line names
+    the setting to fix)."""
 
 
 @dataclass
@@ -119,14 +125,17 @@ def topic_names(settings: Settings) -> list[str]:
     return list(settings.topics.partition_counts())
 
 
-def ensure_running(settings: Settings, *, console: Console | None = None) -> str:
+def ensure_running(settings: Settings, *, console: Console | None = None,
+                   secure: SecureListener | None = None) -> str:
     """Make sure a broker answers and the costpipe topics exist; return the bootstrap string.
 
     Local mode starts the broker unless the one in this state folder (or another Kafka on the
     configured port) already answers, so calling it twice never starts a second broker.
+    `secure` adds a SASL_SSL listener with ACLs enforced (`costpipe.broker.secure`) to a
+    broker this call starts.
     """
     if not settings.uses_local_broker:
-        if not wait_ready(settings, timeout=20.0):
+        if not wait_ready(settings, timeout=20.0, fail_fast=True):
             raise BrokerError(
                 f"Kafka at {settings.bootstrap_servers} does not answer; check "
                 "KAFKA_BOOTSTRAP_SERVERS / kafka.bootstrap_servers and the network"
@@ -140,7 +149,7 @@ def ensure_running(settings: Settings, *, console: Console | None = None) -> str
         if pid is None:
             _refuse_busy_ports(settings)
             if not _port_open(settings.kafka.local_port):
-                pid = _start(settings, paths, console)
+                pid = _start(settings, paths, console, secure)
         if not wait_ready(settings, timeout=READY_TIMEOUT_S, pid=pid):
             died = pid is not None and not _alive(pid)
             why = "exited during start-up" if died else (
@@ -188,6 +197,8 @@ def status(settings: Settings) -> BrokerStatus:
         return BrokerStatus(False, settings.bootstrap_servers, True, None, [], "stopped")
     try:
         existing = _list_topics(settings, timeout=5.0)
+    except SecurityError as exc:
+        return BrokerStatus(False, settings.bootstrap_servers, managed, pid, [], str(exc))
     except KafkaException as exc:
         detail = f"not answering: {_kafka_error_text(exc)}"
         return BrokerStatus(False, settings.bootstrap_servers, managed, pid, [], detail)
@@ -241,8 +252,12 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     return created
 
 
-def wait_ready(settings: Settings, *, timeout: float, pid: int | None = None) -> bool:
-    """Poll until the cluster answers a metadata request; False on timeout or broker death."""
+def wait_ready(settings: Settings, *, timeout: float, pid: int | None = None,
+               fail_fast: bool = False) -> bool:
+    """Poll until the cluster answers a metadata request; False on timeout or broker death.
+
+    `fail_fast`: a refused password or an untrusted certificate raises `SecurityError` at once
+    (waiting longer would not help)."""
     deadline = time.monotonic() + timeout
     first = settings.bootstrap_servers.split(",")[0].strip()
     host, _, port = first.rpartition(":")
@@ -253,6 +268,9 @@ def wait_ready(settings: Settings, *, timeout: float, pid: int | None = None) ->
             try:
                 _list_topics(settings, timeout=min(5.0, max(deadline - time.monotonic(), 0.5)))
                 return True
+            except SecurityError:
+                if fail_fast:
+                    raise
             except KafkaException:
                 pass
         time.sleep(0.25)
@@ -305,10 +323,11 @@ def resolve_jars(settings: Settings, *, console: Console | None = None) -> Path:
 # ---------------------------------------------------------------- starting
 
 
-def _start(settings: Settings, paths: _Paths, console: Console | None) -> int:
+def _start(settings: Settings, paths: _Paths, console: Console | None,
+           secure: SecureListener | None) -> int:
     java = _require("java", JAVA_HINT)
     lib = resolve_jars(settings, console=console)
-    _write_configs(settings, paths)
+    _write_configs(settings, paths, secure)
     classpath = f"{lib}/*"
     log4j = f"-Dlog4j.configuration=file:{paths.log4j_properties}"
     logs_dir = f"-Dkafka.logs.dir={paths.logs}"
@@ -334,20 +353,27 @@ def _start(settings: Settings, paths: _Paths, console: Console | None) -> int:
     return process.pid
 
 
-def _write_configs(settings: Settings, paths: _Paths) -> None:
+def _write_configs(settings: Settings, paths: _Paths, secure: SecureListener | None) -> None:
     port, ctl = settings.kafka.local_port, settings.kafka.local_controller_port
     paths.data.mkdir(parents=True, exist_ok=True)
     paths.logs.mkdir(parents=True, exist_ok=True)
+    listeners = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
+    extra = "".join(f"{key}={value}\n" for key, value in
+                    (server_properties(secure) if secure else {}).items())
     server = f"""\
 # Written by costpipe (costpipe.broker) on every `costpipe kafka up`; edits are overwritten.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{ctl}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{ctl}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners},CONTROLLER://127.0.0.1:{ctl}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map={protocols}
 log.dirs={paths.data}
 num.partitions={settings.topics.partitions}
 default.replication.factor=1
@@ -361,7 +387,7 @@ auto.create.topics.enable=true
 message.max.bytes={limits.broker_bytes(settings.kafka)}
 replica.fetch.max.bytes={limits.broker_bytes(settings.kafka)}
 log.retention.hours=168
-"""
+{extra}"""
     log4j = f"""\
 # Written by costpipe: INFO to logs/server.log (rolled), warnings also to broker.log (stdout).
 log4j.rootLogger=INFO, file, stdout
@@ -487,14 +513,25 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _admin(settings: Settings) -> AdminClient:
+def _admin(settings: Settings, latch: SecurityLatch | None = None) -> AdminClient:
     config = confluent_admin(settings)
     config["logger"] = _QUIET  # connection-refused chatter while polling is expected
+    if latch is not None:
+        config["error_cb"] = latch
     return AdminClient(config)
 
 
 def _list_topics(settings: Settings, *, timeout: float) -> list[str]:
-    return list(_admin(settings).list_topics(timeout=timeout).topics)
+    """Topic names the cluster shows these credentials; `SecurityError` when it refuses them."""
+    latch = SecurityLatch(settings)
+    admin = _admin(settings, latch)
+    try:
+        return list(admin.list_topics(timeout=timeout).topics)
+    except KafkaException:
+        admin.poll(0)  # serves error_cb, where librdkafka says what went wrong
+        if latch.hint:
+            raise SecurityError(latch.hint) from None
+        raise
 
 
 def _kafka_error_text(exc: KafkaException) -> str:

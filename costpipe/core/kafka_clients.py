@@ -91,3 +91,63 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     elif context is not None:
         options["broker_credentials"] = faust.SSLCredentials(context)
     return options
+
+
+# ---------------------------------------------------------------- security problems, in words
+
+_AUTH_MARKERS = ("SASL authentication error", "Authentication failed", "invalid credentials",
+                 "SaslAuthenticate", "SASL_AUTHENTICATION_FAILED")
+_TLS_MARKERS = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED", "self-signed",
+                "unable to get local issuer certificate", "self signed certificate")
+
+
+def principal(settings: Settings) -> str:
+    """The principal Kafka sees for these settings, as its ACLs name it."""
+    kafka = settings.kafka
+    if kafka.sasl_mechanism:
+        return f"User:{kafka.sasl_username or ''}"
+    if kafka.security_protocol == "SSL" and kafka.ssl_certfile:
+        return "the principal of the TLS client certificate (kafka.ssl_certfile)"
+    return "User:ANONYMOUS"
+
+
+def security_hint(settings: Settings, text: str) -> str | None:
+    """One line that says which setting to fix, when a client error is about credentials or
+    TLS trust; None for anything else. Never repeats a secret (error texts hold none)."""
+    kafka, where = settings.kafka, settings.bootstrap_servers
+    if any(marker in text for marker in _AUTH_MARKERS):
+        return (f"Kafka at {where} rejected the SASL credentials of user "
+                f"'{kafka.sasl_username or ''}' ({kafka.sasl_mechanism}): check "
+                "kafka.sasl_username and kafka.sasl_password (COSTPIPE_KAFKA__SASL_USERNAME, "
+                "COSTPIPE_KAFKA__SASL_PASSWORD) and kafka.sasl_mechanism")
+    if any(marker in text for marker in _TLS_MARKERS):
+        return (f"the TLS certificate of Kafka at {where} is not trusted (certificate verify "
+                "failed): set kafka.ssl_cafile (COSTPIPE_KAFKA__SSL_CAFILE) to the PEM file of "
+                "the CA that signed the broker's certificate")
+    if "SSL handshake failed" in text or "Disconnected while requesting ApiVersion" in text:
+        return (f"the connection to Kafka at {where} failed during the handshake: check that "
+                f"kafka.security_protocol ({kafka.security_protocol}) is the listener's "
+                "protocol (COSTPIPE_KAFKA__SECURITY_PROTOCOL)")
+    return None
+
+
+class SecurityLatch:
+    """An `error_cb` for confluent-kafka clients that keeps the last security problem in words
+    (librdkafka reports it there; the call that fails says only 'transport failure')."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.hint: str | None = None
+
+    def __call__(self, error: Any) -> None:
+        text = error.str() if hasattr(error, "str") else str(error)
+        hint = security_hint(self._settings, text)
+        if hint is not None:
+            self.hint = hint
+
+
+def denied_hint(settings: Settings, what: str, operation: str) -> str:
+    """One line for an authorization failure: who, what, and what to ask for."""
+    return (f"Kafka at {settings.bootstrap_servers} denies {principal(settings)} {operation} "
+            f"on {what}: ask the cluster's admin for an ACL that allows it (README: Running "
+            "against an existing Kafka)")
