@@ -44,7 +44,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from costpipe.collectors.spool import Spool, SpoolBusyError, SpoolRecord
 from costpipe.core import metrics
-from costpipe.core.kafka_clients import confluent_producer
+from costpipe.core.kafka_clients import confluent_producer, denied_hint, security_hint
 from costpipe.core.settings import Settings
 from costpipe.schemas.codec import conform, encode_arrow, encode_envelopes
 from costpipe.schemas.envelope import headers_for, heartbeat_headers, home_partitions
@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 REPLAY_CHUNK = 256
 ROUTE_BY = {"request_event": "request_id", "gpu_sample": "gpu_uuid"}  # the home of a row
 MAX_BACKOFF_S = 5.0
+SECURITY_WARN_EVERY_S = 60.0
+RECREATE_EVERY_S = 5.0  # a refused password or a denied topic: one line a minute
+_DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+           KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
 
 
 @dataclass
@@ -121,8 +125,12 @@ class BatchingProducer:
                 "reconnect.backoff.max.ms": 1000,
                 "partitioner": "murmur2_random",  # Java's default: key -> home partition
                 "logger": logging.getLogger("costpipe.kafka.producer"),
+                "error_cb": self._client_error,
             },
         )
+        self._settings = settings
+        self._warned_at: dict[str, float] = {}
+        self._recreated_at = float("-inf")
         self._producer = Producer(self._config)
         folder = spool_dir or Path(settings.state_dir) / "spool" / topic
         try:
@@ -230,6 +238,16 @@ class BatchingProducer:
                     self._serve_flushes()
                 if self._metrics:
                     self._update_gauges()
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.fatal()):
+                    log.exception("producer for %s hit an error; continuing", self.topic)
+                    continue
+                if error.code() in _DENIED:  # e.g. no idempotent-write right on the cluster
+                    self._warn_security("denied", denied_hint(
+                        self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in "
+                        "the spool and sent once it does")
+                self._recreate_producer()
             except Exception:  # keep sending; the error is logged, data stays queued/spooled
                 log.exception("producer for %s hit an error; continuing", self.topic)
             if self._stop.is_set():
@@ -426,9 +444,25 @@ class BatchingProducer:
         if err is None:
             self._count("sent", rows)
             return
+        if err.code() in _DENIED:
+            self._warn_security("denied", denied_hint(
+                self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in the "
+                "spool and sent once it does")
         if err.fatal():
             self._recreate_producer()
         self._to_spool([(msg.key() or b"", msg.value(), rows)])
+
+    def _client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback: credentials or TLS trust problems in one line."""
+        hint = security_hint(self._settings, error.str())
+        if hint is not None:
+            self._warn_security("security", hint + "; events are kept in the spool meanwhile")
+
+    def _warn_security(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, float("-inf")) >= SECURITY_WARN_EVERY_S:
+            self._warned_at[kind] = now
+            log.warning("%s", text)
 
     def _to_spool(self, records: list[tuple[bytes, bytes, int]]) -> None:
         rows = self._spool.append(records)
@@ -455,14 +489,19 @@ class BatchingProducer:
             try:
                 self._producer.produce(
                     self.topic, rec.value, rec.key, headers=self._headers,
-                    on_delivery=lambda err, _msg, i=index, c=chunk: c.outcome.__setitem__(
-                        i, err is None
-                    ),
+                    on_delivery=lambda err, _msg, i=index, c=chunk: self._replayed(c, i, err),
                 )
             except (BufferError, KafkaException):
                 for rest in range(index, len(records)):
                     chunk.outcome[rest] = False
                 break
+
+    def _replayed(self, chunk: _ReplayChunk, index: int, err: KafkaError | None) -> None:
+        chunk.outcome[index] = err is None
+        if err is not None and err.code() in _DENIED:
+            self._warn_security("denied", denied_hint(
+                self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in the "
+                "spool and sent once it does")
 
     def _finish_chunk(self, chunk: _ReplayChunk) -> None:
         self._replay = None
@@ -540,7 +579,13 @@ class BatchingProducer:
                         self.topic, sum(r[2] for r in records))
 
     def _recreate_producer(self) -> None:
-        log.warning("producer for %s hit a fatal error; starting a new one", self.topic)
+        """A new client after a fatal error; at most one per RECREATE_EVERY_S (a fatal error
+        that persists, such as a missing ACL, would otherwise spin)."""
+        wait = self._recreated_at + RECREATE_EVERY_S - time.monotonic()
+        if wait > 0:
+            self._stop.wait(wait)
+        self._recreated_at = time.monotonic()
+        log.info("producer for %s hit a fatal error; starting a new one", self.topic)
         self._producer = Producer(self._config)
 
     def _count(self, name: str, rows: int) -> None:

@@ -3,18 +3,26 @@ CA made here, SCRAM users and ACLs per test (`costpipe.broker.secure`)."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from cryptography.hazmat.primitives import serialization
 
 from costpipe.broker import secure
 from costpipe.broker.secure import Grant, SecureListener
+from costpipe.core.kafka_clients import SecurityLatch, confluent_admin, list_topics_or_explain
+from costpipe.core.settings import Settings
 
-SECURE_PORT = 29094
+SECURE_PORT = 29192
+_QUIET = logging.getLogger("tests.secure_kafka.librdkafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 def listener(state_dir: Path) -> SecureListener:
@@ -50,7 +58,25 @@ class SecureCluster:
         """A new SCRAM user (unique name, random password) with no ACLs yet."""
         name, password = f"{role}-{uuid.uuid4().hex[:8]}", f"pw-{secrets.token_hex(12)}"
         secure.create_users(self.admin, {name: password})
+        self._wait_login(name, password)
         return name, password
+
+    def _wait_login(self, name: str, password: str, timeout: float = 30.0) -> None:
+        """A new credential reaches the listener a moment after the admin call returns (seen
+        right after the broker starts): wait until it logs in."""
+        settings = Settings.model_validate({"kafka": self.kafka_settings(name, password)})
+        deadline = time.monotonic() + timeout
+        while True:
+            latch = SecurityLatch(settings)
+            admin = AdminClient({**confluent_admin(settings), "error_cb": latch,
+                                 "logger": _QUIET})
+            try:
+                list_topics_or_explain(admin, latch, 5.0)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def grant(self, grants: list[Grant]) -> None:
         secure.grant(self.admin, grants)

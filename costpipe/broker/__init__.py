@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from costpipe.broker.secure import SecureListener, server_properties
 from costpipe.core import limits
-from costpipe.core.kafka_clients import SecurityLatch, confluent_admin
+from costpipe.core.kafka_clients import SecurityLatch, confluent_admin, list_topics_or_explain
 from costpipe.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -524,11 +524,9 @@ def _admin(settings: Settings, latch: SecurityLatch | None = None) -> AdminClien
 def _list_topics(settings: Settings, *, timeout: float) -> list[str]:
     """Topic names the cluster shows these credentials; `SecurityError` when it refuses them."""
     latch = SecurityLatch(settings)
-    admin = _admin(settings, latch)
     try:
-        return list(admin.list_topics(timeout=timeout).topics)
+        return list(list_topics_or_explain(_admin(settings, latch), latch, timeout).topics)
     except KafkaException:
-        admin.poll(0)  # serves error_cb, where librdkafka says what went wrong
         if latch.hint:
             raise SecurityError(latch.hint) from None
         raise

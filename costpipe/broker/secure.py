@@ -13,6 +13,7 @@ the calls `kafka-configs.sh` and `kafka-acls.sh` make), from any client the brok
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -87,9 +89,15 @@ class Grant:
     prefixed: bool = False
 
     def binding(self) -> AclBinding:
-        pattern = ResourcePatternType.PREFIXED if self.prefixed else ResourcePatternType.LITERAL
-        return AclBinding(self.resource, self.name, pattern, f"User:{self.user}", "*",
+        return AclBinding(self.resource, self.name, self._pattern(), f"User:{self.user}", "*",
                           self.operation, AclPermissionType.ALLOW)
+
+    def filter(self) -> AclBindingFilter:
+        return AclBindingFilter(self.resource, self.name, self._pattern(), f"User:{self.user}",
+                                "*", self.operation, AclPermissionType.ALLOW)
+
+    def _pattern(self) -> ResourcePatternType:
+        return ResourcePatternType.PREFIXED if self.prefixed else ResourcePatternType.LITERAL
 
 
 def grant(admin: AdminClient, grants: Iterable[Grant], *, timeout: float = 30.0) -> None:
@@ -99,12 +107,10 @@ def grant(admin: AdminClient, grants: Iterable[Grant], *, timeout: float = 30.0)
 
 
 def revoke(admin: AdminClient, grants: Iterable[Grant], *, timeout: float = 30.0) -> None:
-    filters = [g.binding() for g in grants]
+    filters = [g.filter() for g in grants]
     for future in admin.delete_acls(filters, request_timeout=timeout).values():
-        try:
+        with contextlib.suppress(KafkaException):  # already gone
             future.result(timeout=timeout)
-        except KafkaException:  # already gone
-            pass
 
 
 def collector_grants(user: str, topics: Iterable[str]) -> list[Grant]:

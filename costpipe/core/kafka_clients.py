@@ -151,3 +151,22 @@ def denied_hint(settings: Settings, what: str, operation: str) -> str:
     return (f"Kafka at {settings.bootstrap_servers} denies {principal(settings)} {operation} "
             f"on {what}: ask the cluster's admin for an ACL that allows it (README: Running "
             "against an existing Kafka)")
+
+
+def list_topics_or_explain(admin: Any, latch: SecurityLatch, timeout: float) -> Any:
+    """`admin.list_topics`, but given up as soon as `latch` holds a security problem (a wrong
+    password stays wrong: no use waiting the whole timeout). Raises KafkaException on failure;
+    `latch.hint` then says why when it is a security problem."""
+    import time
+
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(0.1, min(2.0, left)))
+        except KafkaException:
+            admin.poll(0)  # serves error_cb, where librdkafka says what went wrong
+            if latch.hint or deadline - time.monotonic() <= 0:
+                raise

@@ -10,7 +10,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from costpipe.core.settings import Settings
 from costpipe.schemas.records import GPU_SAMPLE
 from tests.reliability.support import wait_until
 from tests.secure_kafka import SecureCluster
-from tests.streams_support.harness import StreamsRun
+from tests.streams_support.harness import StreamsRun, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(420)]
 
@@ -60,8 +60,13 @@ def _settings(run: StreamsRun, cluster: SecureCluster, user: tuple[str, str],
 
 def test_a_simulated_fleet_through_sasl_ssl_with_acls_is_exact(
         kafka_bootstrap: str, secure_cluster: SecureCluster, tmp_path: Path) -> None:
-    run, users = _secure_run(kafka_bootstrap, secure_cluster, tmp_path)
+    run, users = _secure_run(kafka_bootstrap, secure_cluster, tmp_path,
+                             COSTPIPE_WINDOWS__SECONDS="10",
+                             COSTPIPE_WINDOWS__ALLOWED_LATENESS_SECONDS="5")
     run.env.update(secure_cluster.env(*users["worker"]))
+    metrics_port = free_port()
+    run.env["COSTPIPE_SERVERS__METRICS_PORT"] = str(metrics_port)
+    secrets = [password for _, password in users.values()]
     collector = _settings(run, secure_cluster, users["collector"], tmp_path / "collector")
     worker_view = _settings(run, secure_cluster, users["worker"], tmp_path / "view")
     requests = BatchingProducer(collector, collector.topics.requests, metrics=False)
@@ -69,8 +74,8 @@ def test_a_simulated_fleet_through_sasl_ssl_with_acls_is_exact(
                            metrics=False)
     try:
         run.start_worker()
-        summary = simulate(collector, rate=100.0, duration_s=60, seed=5, gpus=4,
-                           start=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=90),
+        summary = simulate(collector, rate=100.0, duration_s=40, seed=5, gpus=4,
+                           start=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60),
                            as_fast_as_possible=True, request_sink=requests.emit_batch,
                            gpu_sink=gpu.emit_batch)
         requests.close(timeout=30.0)
@@ -83,12 +88,34 @@ def test_a_simulated_fleet_through_sasl_ssl_with_acls_is_exact(
 
         assert wait_until(exact, 180, every=3.0), (reconcile(worker_view, summary),
                                                     run.logs())
+        page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                      timeout=10).read().decode()
     finally:
         run.stop_all()
     logs = run.logs()
     assert "Traceback" not in logs, logs
+    help_text = _cli(["worker", "--help"], run.env, tmp_path).stdout
+    lake_bytes = b"".join(p.read_bytes() for p in (tmp_path / "lake").rglob("*") if p.is_file())
+    for secret in secrets:  # no password in logs, metrics, --help or the lake
+        assert secret not in logs and secret not in page and secret not in help_text
+        assert secret.encode() not in lake_bytes
+    assert "costpipe_" in page and lake_bytes
 
-    # The analyst may read nothing.
+    # `alerts tail` as an operator who may read the alerts; the analyst may read nothing.
+    operator = secure_cluster.user("operator")
+    secure_cluster.grant([
+        secure.Grant(operator[0], secure.AclOperation.READ, secure.ResourceType.TOPIC,
+                     worker_view.topics.alerts),
+        secure.Grant(operator[0], secure.AclOperation.READ, secure.ResourceType.GROUP,
+                     "costpipe-alerts-tail-", prefixed=True)])
+    tail = _cli(["alerts", "tail", "--from-beginning", "--idle-exit", "4"],
+                {**run.env, **secure_cluster.env(*operator)}, tmp_path)
+    assert tail.returncode == 0, tail.stdout + tail.stderr
+    refused = _cli(["alerts", "tail", "--from-beginning", "--idle-exit", "10"],
+                   {**run.env, **secure_cluster.env(*users["analyst"])}, tmp_path)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and f"User:{users['analyst'][0]}" in out, out
+    assert "Traceback" not in out, out
     analyst = _settings(run, secure_cluster, users["analyst"], tmp_path / "analyst")
     consumer = Consumer(confluent_consumer(analyst, f"analyst-{users['analyst'][0]}"))
     try:
@@ -142,7 +169,7 @@ def test_a_denied_collector_spools_and_delivers_once_granted(
     producer = BatchingProducer(settings, settings.topics.requests, metrics=False,
                                 delivery_timeout_s=3.0)
     try:
-        summary = simulate(settings, rate=50.0, duration_s=10, seed=3, gpus=0,
+        summary = simulate(settings, rate=50.0, duration_s=10, seed=3, internal_share=0.0,
                            as_fast_as_possible=True, request_sink=producer.emit_batch,
                            gpu_sink=lambda _b: None, flush_timeout_s=5.0)
         producer.flush(5.0)
@@ -180,3 +207,10 @@ def test_a_worker_denied_a_topic_stops_naming_it_and_its_principal(
     assert t.gpu in out and f"User:{name}" in out and "Traceback" not in out, out
     assert users["worker"][1] not in out
     assert os.environ.get("COSTPIPE_KAFKA__SASL_PASSWORD") is None
+
+    wrong = _cli(["worker", "--workdir", str(tmp_path / "w")],
+                 {**run.env, **secure_cluster.env(name, CANARY)}, tmp_path, timeout=120)
+    out = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and "kafka.sasl_password" in out, out
+    assert CANARY not in out and "Traceback" not in out, out
+    print(result.stderr, wrong.stderr)

@@ -22,25 +22,46 @@ def register(app: typer.Typer) -> None:
         """Follow the alerts topic and print each alert as a table row."""
         import time
 
-        from confluent_kafka import Consumer
+        from confluent_kafka import Consumer, KafkaError
         from rich.console import Console
         from rich.table import Table
 
-        from costpipe.core.kafka_clients import confluent_consumer
+        from costpipe.core.kafka_clients import (
+            SecurityLatch,
+            confluent_consumer,
+            denied_hint,
+            security_hint,
+        )
         from costpipe.core.settings import get_settings
         from costpipe.schemas.codec import decode
         from costpipe.schemas.records import ALERT
 
         settings = get_settings()
+        latch = SecurityLatch(settings)
         consumer = Consumer(confluent_consumer(
-            settings, f"costpipe-alerts-tail-{uuid.uuid4().hex[:8]}",
+            settings, f"costpipe-alerts-tail-{uuid.uuid4().hex[:8]}", error_cb=latch,
             **{"auto.offset.reset": "earliest" if from_beginning else "latest"}))
+        denied = {KafkaError.TOPIC_AUTHORIZATION_FAILED: f"topic {settings.topics.alerts}",
+                  KafkaError.GROUP_AUTHORIZATION_FAILED: "consumer groups named "
+                  "costpipe-alerts-tail-*"}
+
+        def stop_on_security(error: KafkaError | None) -> None:
+            hint = latch.hint
+            if error is not None and error.code() in denied:
+                hint = denied_hint(settings, denied[error.code()], "READ")
+            elif error is not None:
+                hint = hint or security_hint(settings, error.str())
+            if hint:  # the `finally` below closes the consumer
+                typer.secho(f"costpipe alerts tail: {hint}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(1)
+
         consumer.subscribe([settings.topics.alerts])
         console = Console()
         shown, quiet_since = 0, time.monotonic()
         try:
             while not (limit and shown >= limit):
                 msg = consumer.poll(0.5)
+                stop_on_security(msg.error() if msg is not None else None)
                 if msg is None or msg.error():
                     if idle_exit and time.monotonic() - quiet_since > idle_exit:
                         break

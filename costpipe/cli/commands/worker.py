@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 _fail(f"cannot serve /metrics on {settings.servers.metrics_host}:{port} "
                       f"({exc.strerror}); choose another with --metrics-port (0 = off)")
+        from costpipe.streams.access import AccessError, check_worker_access
+
+        try:
+            check_worker_access(settings)
+        except AccessError as exc:
+            _fail(str(exc))
         from costpipe.streams.faust_workarounds import FaustVersionError, quiet_worker
 
         try:
