@@ -76,8 +76,14 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{kind} Kafka at {state.bootstrap}: {state.detail}{pid}")
         if state.running:
             wanted = broker.topic_names(settings)
+            missing = "missing (run `costpipe kafka up`)"
+            if settings.kafka.sasl_mechanism or settings.kafka.ssl_certfile:
+                from costpipe.core.kafka_clients import principal
+
+                missing = (f"missing, or not visible to {principal(settings)} (no DESCRIBE "
+                           "ACL; only the topics it uses need one)")
             for name in wanted:
-                mark = "ok" if name in state.topics else "missing (run `costpipe kafka up`)"
+                mark = "ok" if name in state.topics else missing
                 typer.echo(f"  {name}: {mark}")
             _print_members(settings)
         else:
