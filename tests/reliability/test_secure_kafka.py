@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def test_a_simulated_fleet_through_sasl_ssl_with_acls_is_exact(
                                                     run.logs())
         page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                       timeout=10).read().decode()
+        for worker in run.workers:  # the lake is checked: no need to wait for a clean stop
+            worker.kill()
     finally:
         run.stop_all()
     logs = run.logs()
@@ -120,7 +123,10 @@ def test_a_simulated_fleet_through_sasl_ssl_with_acls_is_exact(
     consumer = Consumer(confluent_consumer(analyst, f"analyst-{users['analyst'][0]}"))
     try:
         consumer.assign([TopicPartition(analyst.topics.requests, 0, 0)])
-        messages = consumer.consume(10, 10.0)
+        messages = []
+        deadline = time.monotonic() + 15
+        while not messages and time.monotonic() < deadline:
+            messages = consumer.consume(10, 1.0)
     finally:
         consumer.close()
     assert messages and all(m.error() for m in messages), "the analyst read data"
@@ -191,6 +197,24 @@ def test_a_denied_collector_spools_and_delivers_once_granted(
     finally:
         reader.close()
     assert got >= 1 and producer.stats["sent"] == summary.requests, producer.stats
+
+    # A wrong password: the collector keeps its events and names the settings to fix.
+    caplog.clear()
+    wrong = _settings(run, secure_cluster, (name, CANARY), tmp_path / "wrong")
+    producer = BatchingProducer(wrong, wrong.topics.requests, metrics=False,
+                                delivery_timeout_s=3.0)
+    try:
+        producer.emit({"request_id": "r-wrong-password", "operation": "chat",
+                       "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1,
+                       "output_tokens": 1})
+        producer.flush(5.0)
+        assert wait_until(lambda: producer.stats["spool_pending"] == 1, 30), producer.stats
+        hints = [r.getMessage() for r in caplog.records
+                 if "kafka.sasl_password" in r.getMessage()]
+        assert hints and "kept in the spool" in hints[0], caplog.text[-2000:]
+        assert CANARY not in caplog.text
+    finally:
+        producer.close(timeout=3.0)
 
 
 def test_a_worker_denied_a_topic_stops_naming_it_and_its_principal(
