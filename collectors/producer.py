@@ -44,19 +44,27 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from costpipe.collectors.spool import Spool, SpoolBusyError, SpoolRecord
 from costpipe.core import metrics
-from costpipe.core.kafka_clients import confluent_producer, denied_hint, security_hint
+from costpipe.core.kafka_clients import (
+    confluent_producer,
+    denied_hint,
+    is_security_problem,
+    security_hint,
+)
 from costpipe.core.settings import Settings
 from costpipe.schemas.codec import conform, encode_arrow, encode_envelopes
 from costpipe.schemas.envelope import headers_for, heartbeat_headers, home_partitions
 from costpipe.schemas.records import GPU_SAMPLE, REQUEST_EVENT
 
 log = logging.getLogger(__name__)
+_CLIENT_LOG = logging.getLogger("costpipe.kafka.producer")
+_CLIENT_LOG.addFilter(lambda record: not is_security_problem(record.getMessage()))
 
 REPLAY_CHUNK = 256
 ROUTE_BY = {"request_event": "request_id", "gpu_sample": "gpu_uuid"}  # the home of a row
 MAX_BACKOFF_S = 5.0
-SECURITY_WARN_EVERY_S = 60.0
-RECREATE_EVERY_S = 5.0  # a refused password or a denied topic: one line a minute
+SECURITY_WARN_EVERY_S = 60.0  # a refused password or a denied topic: one line a minute
+RECREATE_EVERY_S = 5.0
+SECURITY_BLOCK_S = 30.0  # a flush stops waiting while the last refusal is this recent
 _DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
            KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
 
@@ -124,13 +132,15 @@ class BatchingProducer:
                 "queue.buffering.max.messages": 100_000,
                 "reconnect.backoff.max.ms": 1000,
                 "partitioner": "murmur2_random",  # Java's default: key -> home partition
-                "logger": logging.getLogger("costpipe.kafka.producer"),
+                "logger": _CLIENT_LOG,  # security failures: our one line, not librdkafka's
                 "error_cb": self._client_error,
             },
         )
         self._settings = settings
         self._warned_at: dict[str, float] = {}
         self._recreated_at = float("-inf")
+        self._blocked_at: float | None = None
+        self._in_flight = 0
         self._producer = Producer(self._config)
         folder = spool_dir or Path(settings.state_dir) / "spool" / topic
         try:
@@ -215,6 +225,7 @@ class BatchingProducer:
         return {
             **self._stats,
             "queued": queued,
+            "in_flight": self._in_flight,  # handed to the Kafka client, not yet delivered
             "spool_pending": self._spool.pending_rows,
         }
 
@@ -434,6 +445,7 @@ class BatchingProducer:
                 self.topic, payload, key, headers=self._headers,
                 on_delivery=lambda err, msg, rows=rows: self._delivered(err, msg, rows),
             )
+            self._in_flight += rows
         except BufferError:
             self._to_spool([(key, payload, rows)])
         except KafkaException as exc:
@@ -441,7 +453,9 @@ class BatchingProducer:
             self._to_spool([(key, payload, rows)])
 
     def _delivered(self, err: KafkaError | None, msg: Any, rows: int) -> None:
+        self._in_flight -= rows
         if err is None:
+            self._blocked_at = None
             self._count("sent", rows)
             return
         if err.code() in _DENIED:
@@ -458,8 +472,15 @@ class BatchingProducer:
         if hint is not None:
             self._warn_security("security", hint + "; events are kept in the spool meanwhile")
 
+    def _blocked(self) -> bool:
+        """The cluster refused this client's credentials or ACLs lately (nothing delivered
+        since)."""
+        return self._blocked_at is not None and \
+            time.monotonic() - self._blocked_at < SECURITY_BLOCK_S
+
     def _warn_security(self, kind: str, text: str) -> None:
         now = time.monotonic()
+        self._blocked_at = now
         if now - self._warned_at.get(kind, float("-inf")) >= SECURITY_WARN_EVERY_S:
             self._warned_at[kind] = now
             log.warning("%s", text)
@@ -511,6 +532,7 @@ class BatchingProducer:
                 break
             delivered += 1
         if delivered:
+            self._blocked_at = None
             done = chunk.records[:delivered]
             rows = sum(r.rows for r in done)
             self._spool.commit(done[-1], rows, delivered)
@@ -523,11 +545,14 @@ class BatchingProducer:
             self._backoff = 0.5
 
     def _serve_flushes(self) -> None:
+        """Wait for delivery until the earliest flush deadline, or until the cluster refuses
+        the credentials or the ACLs (waiting would not help: the data stays spooled)."""
         deadline = min(r.deadline for r in self._flushes)
         self._drain()
-        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        while len(self._producer) and time.monotonic() < deadline and not self._blocked():
+            self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
         while not self._spool.empty or self._replay is not None:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._blocked():
                 break
             if self._replay is not None:
                 self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -111,6 +111,11 @@ def principal(settings: Settings) -> str:
     return "User:ANONYMOUS"
 
 
+def is_security_problem(text: str) -> bool:
+    """Whether a client error or log line is about credentials or TLS trust."""
+    return any(marker in text for marker in (*_AUTH_MARKERS, *_TLS_MARKERS))
+
+
 def security_hint(settings: Settings, text: str) -> str | None:
     """One line that says which setting to fix, when a client error is about credentials or
     TLS trust; None for anything else. Never repeats a secret (error texts hold none)."""

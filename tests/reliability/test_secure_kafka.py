@@ -213,6 +213,13 @@ def test_a_denied_collector_spools_and_delivers_once_granted(
                  if "kafka.sasl_password" in r.getMessage()]
         assert hints and "kept in the spool" in hints[0], caplog.text[-2000:]
         assert CANARY not in caplog.text
+        assert "SASL authentication error" not in caplog.text, "librdkafka's lines too"
+        began = time.monotonic()
+        producer.emit({"request_id": "r-wrong-password-2", "operation": "chat",
+                       "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1,
+                       "output_tokens": 1})
+        producer.flush(30.0)  # a refusal ends the wait: waiting would not help
+        assert time.monotonic() - began < 10.0
     finally:
         producer.close(timeout=3.0)
 

@@ -52,10 +52,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary.to_json(), indent=2))
         else:
             _print_summary(summary)
-        stuck = sum(s.get("spool_pending", 0) for s in summary.producer_stats.values())
+        stuck = sum(s.get("spool_pending", 0) + s.get("in_flight", 0) + s.get("queued", 0)
+                    for s in summary.producer_stats.values())
         if stuck:
-            typer.secho(f"costpipe simulate: {stuck} events are spooled on disk (broker "
-                        "unreachable); they are sent when a collector next runs", err=True,
+            typer.secho(f"costpipe simulate: {stuck} events not delivered yet are kept in "
+                        "the spool on disk (Kafka unreachable or refusing them, see above); "
+                        "they are sent when a collector next runs", err=True,
                         fg=typer.colors.YELLOW)
 
 
