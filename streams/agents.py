@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ import faust
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from faust.streams import _current_event
 
 import costpipe.streams.health
 import costpipe.streams.watchdog  # noqa: F401  (registers the progress watchdog)
@@ -551,6 +553,8 @@ class _Alerting:
         self.generation: int | None = None
         self.pending: list[Any] = []
         self.saved_at = time.monotonic()
+        self.stream: Any = None  # the agent's no-ack stream, for acknowledging from the timer
+        self.lock = asyncio.Lock()  # one event's processing, or one save, at a time
 
     def load(self, generation: int) -> AlertEngine:
         if self.engine is None or generation != self.generation:
@@ -580,6 +584,25 @@ class _Alerting:
             await stream.ack(event)
 
 
+    async def save_when_quiet(self) -> None:
+        """No window came for a while (a quiet period, or the last ones before a stop): save
+        and acknowledge now rather than at the next window, which may be far away (a stop or
+        rebalance waited 10 s for them, then let them go to be read again)."""
+        if not self.pending or self.stream is None or app.rebalancing \
+                or app.tables.recovery.in_recovery:
+            return
+        last = self.pending[-1]
+        if last.message.generation_id != app.consumer_generation_id or \
+                last.message.tp not in app.consumer.assignment():
+            return  # from before a rebalance: the partition's owner reads them again
+        async with self.lock:
+            token = _current_event.set(weakref.ref(last))  # a table write needs an event
+            try:
+                await self.save(self.stream)
+            finally:
+                _current_event.reset(token)
+
+
 _alerting = _Alerting()
 
 
@@ -601,10 +624,17 @@ async def _alert(event: Any) -> None:
 @app.agent(windows_topic, concurrency=1)
 async def alerting(stream: Any) -> None:
     noack = stream.noack()
+    _alerting.stream = noack
     async for event in noack.events():
-        await _process("alerting", event, _alert)
-        _alerting.pending.append(event)
-        await _alerting.save(noack)
+        async with _alerting.lock:
+            await _process("alerting", event, _alert)
+            _alerting.pending.append(event)
+            await _alerting.save(noack)
+
+
+@app.timer(interval=ALERT_STATE_SECONDS)
+async def save_quiet_alert_state() -> None:
+    await _alerting.save_when_quiet()
 
 
 # ------------------------------------------------------------------ webhook

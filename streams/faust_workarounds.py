@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -383,9 +384,11 @@ def bounded_wait_empty() -> None:
                 await self._wait_for_ack(timeout=1)
                 self._clean_unacked_messages()
             if self._unacked_messages and not self.should_stop:
-                log.warning("%d message(s) still unacknowledged after %.0f s at a rebalance; "
-                            "letting them go (they will be read again)",
-                            len(self._unacked_messages), WAIT_EMPTY_SECONDS)
+                topics = Counter(m.tp.topic for m in self._unacked_messages)
+                log.warning("%d message(s) still unacknowledged after %.0f s at a rebalance "
+                            "(%s); letting them go (they will be read again)",
+                            len(self._unacked_messages), WAIT_EMPTY_SECONDS,
+                            ", ".join(f"{t}: {n}" for t, n in topics.most_common()))
                 self._unacked_messages.clear()
             await self.commit_and_end_transactions()
         return wait_empty
