@@ -251,14 +251,11 @@ class BatchingProducer:
                     self._update_gauges()
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                if not (isinstance(error, KafkaError) and error.fatal()):
+                if isinstance(error, KafkaError) and error.fatal():
+                    self._warn_if_denied(error)  # e.g. no idempotent-write right at all
+                    self._recreate_producer()
+                else:
                     log.exception("producer for %s hit an error; continuing", self.topic)
-                    continue
-                if error.code() in _DENIED:  # e.g. no idempotent-write right on the cluster
-                    self._warn_security("denied", denied_hint(
-                        self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in "
-                        "the spool and sent once it does")
-                self._recreate_producer()
             except Exception:  # keep sending; the error is logged, data stays queued/spooled
                 log.exception("producer for %s hit an error; continuing", self.topic)
             if self._stop.is_set():
@@ -458,10 +455,7 @@ class BatchingProducer:
             self._blocked_at = None
             self._count("sent", rows)
             return
-        if err.code() in _DENIED:
-            self._warn_security("denied", denied_hint(
-                self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in the "
-                "spool and sent once it does")
+        self._warn_if_denied(err)
         if err.fatal():
             self._recreate_producer()
         self._to_spool([(msg.key() or b"", msg.value(), rows)])
@@ -471,6 +465,12 @@ class BatchingProducer:
         hint = security_hint(self._settings, error.str())
         if hint is not None:
             self._warn_security("security", hint + "; events are kept in the spool meanwhile")
+
+    def _warn_if_denied(self, error: KafkaError) -> None:
+        if error.code() in _DENIED:
+            self._warn_security("denied", denied_hint(
+                self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in the "
+                "spool and sent once it does")
 
     def _blocked(self) -> bool:
         """The cluster refused this client's credentials or ACLs lately (nothing delivered
@@ -519,10 +519,8 @@ class BatchingProducer:
 
     def _replayed(self, chunk: _ReplayChunk, index: int, err: KafkaError | None) -> None:
         chunk.outcome[index] = err is None
-        if err is not None and err.code() in _DENIED:
-            self._warn_security("denied", denied_hint(
-                self._settings, f"topic {self.topic}", "WRITE") + "; events are kept in the "
-                "spool and sent once it does")
+        if err is not None:
+            self._warn_if_denied(err)
 
     def _finish_chunk(self, chunk: _ReplayChunk) -> None:
         self._replay = None

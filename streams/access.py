@@ -9,23 +9,18 @@ the worker stops with one line that names the topic, the operation and the princ
 
 from __future__ import annotations
 
-import logging
-
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AclOperation, AdminClient
+from confluent_kafka.admin import AclOperation
 
 from costpipe.core.kafka_clients import (
     SecurityLatch,
-    confluent_admin,
     denied_hint,
     list_topics_or_explain,
+    quiet_admin,
 )
 from costpipe.core.settings import Settings
 
 TIMEOUT_S = 20.0
-_QUIET = logging.getLogger("costpipe.worker.access")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 class AccessError(RuntimeError):
@@ -46,7 +41,7 @@ def needed_operations(settings: Settings) -> dict[str, set[AclOperation]]:
 def check_worker_access(settings: Settings) -> None:
     """Raise `AccessError` when the cluster refuses the credentials or an ACL is missing."""
     latch = SecurityLatch(settings)
-    admin = AdminClient({**confluent_admin(settings), "error_cb": latch, "logger": _QUIET})
+    admin = quiet_admin(settings, latch)
     try:
         list_topics_or_explain(admin, latch, TIMEOUT_S)
     except KafkaException as exc:

@@ -583,7 +583,6 @@ class _Alerting:
         for event in pending:
             await stream.ack(event)
 
-
     async def save_when_quiet(self) -> None:
         """No window came for a while (a quiet period, or the last ones before a stop): save
         and acknowledge now rather than at the next window, which may be far away (a stop or

@@ -76,12 +76,12 @@ def secure_cluster(kafka_bootstrap: str) -> secure_kafka.SecureCluster:
                     f"{secure_kafka.SECURE_PORT} (started by an older tree?); stop it with "
                     f"`rm -rf {TEST_STATE_DIR}` after killing it, and run the tests again",
                     pytrace=False)
-    from costpipe.broker import _admin
+    from costpipe.core.kafka_clients import quiet_admin
 
     return secure_kafka.SecureCluster(
         bootstrap=f"127.0.0.1:{secure_kafka.SECURE_PORT}",
         cafile=TEST_STATE_DIR / "tls" / "ca.pem",
-        admin=_admin(session_broker_settings()))
+        admin=quiet_admin(session_broker_settings()))
 
 
 @pytest.fixture

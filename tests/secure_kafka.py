@@ -3,7 +3,6 @@ CA made here, SCRAM users and ACLs per test (`costpipe.broker.secure`)."""
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 import uuid
@@ -16,13 +15,10 @@ from cryptography.hazmat.primitives import serialization
 
 from costpipe.broker import secure
 from costpipe.broker.secure import Grant, SecureListener
-from costpipe.core.kafka_clients import SecurityLatch, confluent_admin, list_topics_or_explain
+from costpipe.core.kafka_clients import SecurityLatch, list_topics_or_explain, quiet_admin
 from costpipe.core.settings import Settings
 
 SECURE_PORT = 29192
-_QUIET = logging.getLogger("tests.secure_kafka.librdkafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 def listener(state_dir: Path) -> SecureListener:
@@ -68,10 +64,8 @@ class SecureCluster:
         deadline = time.monotonic() + timeout
         while True:
             latch = SecurityLatch(settings)
-            admin = AdminClient({**confluent_admin(settings), "error_cb": latch,
-                                 "logger": _QUIET})
             try:
-                list_topics_or_explain(admin, latch, 5.0)
+                list_topics_or_explain(quiet_admin(settings, latch), latch, 5.0)
                 return
             except KafkaException:
                 if time.monotonic() > deadline:
@@ -85,18 +79,14 @@ class SecureCluster:
         secure.revoke(self.admin, grants)
 
     def env(self, user: str, password: str, *, cafile: Path | None = None) -> dict[str, str]:
-        """The settings (as environment) that make any costpipe component use this user."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "COSTPIPE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
-            "COSTPIPE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
-            "COSTPIPE_KAFKA__SASL_USERNAME": user,
-            "COSTPIPE_KAFKA__SASL_PASSWORD": password,
-            "COSTPIPE_KAFKA__SSL_CAFILE": str(cafile or self.cafile),
-        }
+        """The same settings as environment: what makes any costpipe component use this user."""
+        kafka = self.kafka_settings(user, password, cafile=cafile)
+        return {"KAFKA_BOOTSTRAP_SERVERS": kafka.pop("bootstrap_servers"),
+                **{f"COSTPIPE_KAFKA__{key.upper()}": value for key, value in kafka.items()}}
 
-    def kafka_settings(self, user: str, password: str) -> dict[str, str]:
-        """The same as a `[kafka]` settings table."""
+    def kafka_settings(self, user: str, password: str, *, cafile: Path | None = None
+                       ) -> dict[str, str]:
+        """A `[kafka]` settings table for this user on the SASL_SSL listener."""
         return {"bootstrap_servers": self.bootstrap, "security_protocol": "SASL_SSL",
                 "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": user,
-                "sasl_password": password, "ssl_cafile": str(self.cafile)}
+                "sasl_password": password, "ssl_cafile": str(cafile or self.cafile)}

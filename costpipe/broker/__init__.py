@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import logging
 import os
 import shutil
 import signal
@@ -33,11 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from costpipe.broker.secure import SecureListener, server_properties
 from costpipe.core import limits
-from costpipe.core.kafka_clients import SecurityLatch, confluent_admin, list_topics_or_explain
+from costpipe.core.kafka_clients import SecurityLatch, list_topics_or_explain, quiet_admin
 from costpipe.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,9 +51,6 @@ MAVEN_TIMEOUT_S = 600.0
 JAVA_HINT = "install a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
 MAVEN_HINT = "install Apache Maven 3.6+ (e.g. `apt-get install maven`)"
 
-_QUIET = logging.getLogger("costpipe.broker.librdkafka")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
 
 
 class BrokerError(RuntimeError):
@@ -213,7 +209,7 @@ def status(settings: Settings) -> BrokerStatus:
 
 def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     """Create the missing costpipe topics (idempotent, safe to race); return those created."""
-    admin = _admin(settings)
+    admin = quiet_admin(settings)
     existing = admin.list_topics(timeout=timeout).topics
     counts = settings.topics.partition_counts()
     for name, wanted in counts.items():
@@ -513,19 +509,11 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _admin(settings: Settings, latch: SecurityLatch | None = None) -> AdminClient:
-    config = confluent_admin(settings)
-    config["logger"] = _QUIET  # connection-refused chatter while polling is expected
-    if latch is not None:
-        config["error_cb"] = latch
-    return AdminClient(config)
-
-
 def _list_topics(settings: Settings, *, timeout: float) -> list[str]:
     """Topic names the cluster shows these credentials; `SecurityError` when it refuses them."""
     latch = SecurityLatch(settings)
     try:
-        return list(list_topics_or_explain(_admin(settings, latch), latch, timeout).topics)
+        return list(list_topics_or_explain(quiet_admin(settings, latch), latch, timeout).topics)
     except KafkaException:
         if latch.hint:
             raise SecurityError(latch.hint) from None

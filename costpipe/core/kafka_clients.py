@@ -6,8 +6,13 @@ differently; this is the only place that translates, so SASL/SSL set once reache
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from costpipe.core import limits
 from costpipe.core.settings import Settings
@@ -158,14 +163,24 @@ def denied_hint(settings: Settings, what: str, operation: str) -> str:
             "against an existing Kafka)")
 
 
-def list_topics_or_explain(admin: Any, latch: SecurityLatch, timeout: float) -> Any:
+_QUIET = logging.getLogger("costpipe.kafka.admin")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+def quiet_admin(settings: Settings, latch: SecurityLatch | None = None) -> AdminClient:
+    """An admin client whose librdkafka chatter (connection refused while polling, refused
+    logins) is dropped; with `latch`, what went wrong is kept there in words instead."""
+    config: dict[str, Any] = {**confluent_admin(settings), "logger": _QUIET}
+    if latch is not None:
+        config["error_cb"] = latch
+    return AdminClient(config)
+
+
+def list_topics_or_explain(admin: AdminClient, latch: SecurityLatch, timeout: float) -> Any:
     """`admin.list_topics`, but given up as soon as `latch` holds a security problem (a wrong
     password stays wrong: no use waiting the whole timeout). Raises KafkaException on failure;
     `latch.hint` then says why when it is a security problem."""
-    import time
-
-    from confluent_kafka import KafkaException
-
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
