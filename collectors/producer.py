@@ -263,12 +263,13 @@ class BatchingProducer:
                 return
 
     def _maybe_heartbeat(self) -> None:
-        """Idle for heartbeat_seconds with nothing queued or spooled: tell every partition
-        that event time has reached now - heartbeat_lag (sent after all data, in order)."""
+        """Idle for heartbeat_seconds with nothing queued, spooled or in flight: tell every
+        partition that event time has reached now - heartbeat_lag (sent after all data, in
+        order; an envelope still in flight could fail into the spool and come after it)."""
         now = time.monotonic()
         if (self._heartbeat_s <= 0 or now - self._last_emit < self._heartbeat_s
                 or now - self._last_heartbeat < self._heartbeat_s or self._queue
-                or not self._spool.empty or self._replay is not None):
+                or self._in_flight or not self._spool.empty or self._replay is not None):
             return
         self._last_heartbeat = now
         until = int(time.time() * 1_000_000) - self._heartbeat_lag_us

@@ -389,7 +389,8 @@ async def gpu_forward(stream: Any) -> None:
 # ------------------------------------------------------------------ GPU allocation
 
 allocators = _PerPartition(
-    lambda p: GpuAllocator(settings, PartitionView(allocator_table, p), P), allocator_table)
+    lambda p: GpuAllocator(settings, PartitionView(allocator_table, p), _counts[topics.requests],
+                           gpu_partitions=_counts[topics.gpu]), allocator_table)
 
 
 async def _allocate(event: Any) -> None:
@@ -418,7 +419,7 @@ async def _allocate_held(event: Any, gpu: GpuAllocator, record: str | None, sour
     watermark = envelope.watermark(event.headers)
     late = None
     if record == HEARTBEAT_RECORD:
-        gpu.note_samples_until(watermark or 0)
+        gpu.note_samples_until(watermark or 0, stream)
     else:
         table = pa.ipc.open_stream(pa.py_buffer(event.value)).read_all()
         STAGE["allocator"].rows_in(table.num_rows)

@@ -12,7 +12,10 @@ the requests that fill it have arrived. A requests partition that has been caugh
 for IDLE_SECONDS of wall time stops holding buckets back (one still draining a backlog never
 does); a GPU whose samples stopped for IDLE_SECONDS of wall time (its host gone) follows the
 fleet's mark. GPU heartbeats (`costpipe gpu` idle, or
-`costpipe heartbeat`) count as samples of every GPU up to their time.
+`costpipe heartbeat`) count as samples of every GPU up to their time once *every* GPU topic
+partition has carried one: a heartbeat is ordered only behind its own partition's samples, so
+one partition's heartbeat must not close buckets whose samples still queue in another (seen
+after a broker outage: a late sample dropped and its energy charged to the next bucket).
 
 A request for an already closed (GPU, bucket) is the correction path: record_type
 "correction", cost 0, pricing_status "gpu_unattributed" (the bucket's idle line already holds
@@ -64,7 +67,7 @@ IDLE_SECONDS = 300  # silent this long: a requests partition (wall) or a GPU (ev
 REQUESTS = "requests:"  # stream names: requests:<topic>:<partition>
 GPU = "gpu:"  # gpu:<uuid>, from that GPU's samples
 GPU_SOURCE = "gpusrc:"  # gpusrc:<topic>:<partition>, the newest sample forwarded from it
-HEARTBEAT = "gpuhb"  # every GPU has reported up to here
+HEARTBEAT = "gpuhb:"  # gpuhb:<topic>:<partition>, a heartbeat forwarded from that partition
 NO_LIMIT = 2**62
 
 _PENDING_KINDS = {"pr": "r", "ps": "s", "r": "r", "s": "s"}  # r|, s|: per-(bucket, GPU) keys
@@ -92,10 +95,12 @@ class GpuAllocator:
 
     def __init__(self, settings: Settings, store: MutableMapping[str, Any],
                  requests_partitions: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 gpu_partitions: int | None = None) -> None:
         self.settings = settings
         self.store = store
         self.requests_partitions = requests_partitions or settings.topics.partitions
+        self.gpu_partitions = gpu_partitions or settings.topics.partitions
         self.bucket_us = settings.gpu.bucket_seconds * _US
         self.lateness_us = settings.gpu.allowed_lateness_seconds * _US
         self._clock = clock
@@ -257,9 +262,16 @@ class GpuAllocator:
         allocator partition, so partitions without GPUs still know how far the fleet is)."""
         self._advance(max_ts, GPU_SOURCE + stream)
 
-    def note_samples_until(self, max_ts: int) -> None:
-        """A GPU heartbeat: the samplers have reported everything up to `max_ts`."""
-        self._advance(max_ts, HEARTBEAT)
+    def note_samples_until(self, max_ts: int, stream: str) -> None:
+        """A GPU heartbeat from GPU topic partition `stream`: the samples sent to it before the
+        heartbeat are all that partition will carry up to `max_ts`."""
+        self._advance(max_ts, HEARTBEAT + stream)
+
+    def heartbeat_mark(self) -> int | None:
+        """How far every GPU has reported by heartbeats: the min over the GPU topic partitions,
+        None until each has carried one."""
+        beats = [v for k, v in self._marks().items() if k.startswith(HEARTBEAT)]
+        return min(beats) if len(beats) >= self.gpu_partitions else None
 
     def note_requests(self, max_ts: int | None, stream: str, caught_up: bool = True) -> None:
         """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows).
@@ -288,8 +300,10 @@ class GpuAllocator:
         if self._wm is None:
             self._wm = {k[5:]: int(v) for k, v in list(self.store.items())
                         if k.startswith("m|wm|")}
-            if "gpu" in self._wm:  # one global GPU mark, before 2026-12-01
-                self._wm.setdefault(HEARTBEAT, self._wm.pop("gpu"))
+            # "gpu", then "gpuhb": one heartbeat mark for every partition, before 2026-12-02;
+            # not trusted (see the module doc): samples and the next heartbeats decide
+            self._wm.pop("gpu", None)
+            self._wm.pop("gpuhb", None)
         return self._wm
 
     def _backlogged(self) -> dict[str, bool]:
@@ -317,7 +331,9 @@ class GpuAllocator:
     def fleet_mark(self) -> int | None:
         """How far the GPU samplers as a whole have reported (newest source, or heartbeat)."""
         marks = self._marks()
-        sources = [v for k, v in marks.items() if k.startswith(GPU_SOURCE) or k == HEARTBEAT]
+        sources = [v for k, v in marks.items() if k.startswith(GPU_SOURCE)]
+        if (beat := self.heartbeat_mark()) is not None:
+            sources.append(beat)
         return max(sources) if sources else None
 
     def gpu_mark(self, gpu: str) -> int | None:
@@ -330,7 +346,7 @@ class GpuAllocator:
         now = self._clock()
         own = marks.get(GPU + gpu) if gpu else None
         if own is not None:
-            heartbeat = marks.get(HEARTBEAT)
+            heartbeat = self.heartbeat_mark()
             own = own if heartbeat is None else max(own, heartbeat)
             if now - self._heard.get(GPU + gpu, self._started) < IDLE_SECONDS:
                 return own

@@ -48,6 +48,8 @@ def test_closed_bucket_state_waits_for_its_records_to_be_delivered(monkeypatch) 
     prepared.add_samples(samples, "gpu:0:1", "gpu:0")
     for partition in range(agents.P):
         prepared.note_requests(far, f"requests:t:{partition}")
+        if partition:  # the event below is the last GPU partition's heartbeat
+            prepared.note_samples_until(far, f"gpu:{partition}")
     event = SimpleNamespace(
         message=SimpleNamespace(topic="gpuwork", partition=0, offset=5, generation_id=1),
         headers=[*heartbeat_headers(far), (SOURCE_HEADER, b"gpu:0:9")], value=b"")

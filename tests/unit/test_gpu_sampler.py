@@ -93,7 +93,7 @@ def test_a_mig_gpu_costs_exactly_one_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
                                       f"gpu:0:{second}", "gpu:0")
         end = int((start + dt.timedelta(seconds=60)).timestamp() * 1_000_000)
         allocator.note_requests(end, "requests:t:0")
-        allocator.note_samples_until(end)
+        allocator.note_samples_until(end, "gpu:0")
         return pc.sum(allocator.close_ready().column("cost")).as_py()
 
     split = bucket_cost(FakeGpu(0, mig=[(1, 3 * GIB), (2, 4 * GIB)], energy_mj=0))

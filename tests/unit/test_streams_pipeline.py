@@ -138,7 +138,7 @@ def test_a_backlogged_requests_partition_is_never_idle() -> None:
     wall = [0.0]
     allocator = GpuAllocator(settings, {}, clock=lambda: wall[0])
     minute = 60_000_000
-    allocator.note_samples_until(60 * minute)
+    allocator.note_samples_until(60 * minute, "gpu:0")
     allocator.note_requests(5 * minute, "r0", caught_up=False)
     assert allocator.watermark() == 5 * minute
     wall[0] += 3600  # a backlogged partition holds buckets back however long it takes
@@ -162,3 +162,24 @@ def test_the_partials_of_no_rows_match_those_of_rows() -> None:
     none = partials(conform(COST_RECORD.empty_table(), COST_RECORD), 60)
     assert some.num_rows > 0 and none.num_rows == 0
     assert none.schema == some.schema
+
+
+def test_one_partitions_heartbeat_does_not_close_buckets_another_still_carries() -> None:
+    """A heartbeat is ordered only behind its own GPU partition's samples. After a broker
+    outage the worker met partition 0's heartbeat while partition 1 still queued a GPU's last
+    sample of a bucket: the bucket closed, the sample was dropped and its energy charged to the
+    next bucket. Heartbeats count once every GPU partition has carried one (their min)."""
+    settings = Settings.model_validate({**_settings().model_dump(mode="json"),
+                                        "topics": {"partitions": 2}})
+    allocator = GpuAllocator(settings, {})
+    minute = 60_000_000
+    for stream in ("requests:r:0", "requests:r:1"):
+        allocator.note_requests(60 * minute, stream)
+    allocator.note_samples_until(60 * minute, "gpu:0")
+    assert allocator.heartbeat_mark() is None
+    assert allocator.fleet_mark() is None  # partition 1 has said nothing yet
+    allocator.note_samples_until(2 * minute, "gpu:1")
+    assert allocator.heartbeat_mark() == 2 * minute
+    allocator.note_samples_until(61 * minute, "gpu:1")
+    assert allocator.heartbeat_mark() == 60 * minute
+    assert allocator.watermark() == 60 * minute
