@@ -1,18 +1,22 @@
 """Scale-out: 1, 2 and 4 workers on the same data, and recovery after a SIGKILL in a group of 2.
 
 The simulator fills the requests and GPU topics once (default 2M requests, 45 % own-model, 16
-GPUs, 8 partitions). Then, one after another on that same data, a group of N workers (a fresh
-group, fresh output topics and a fresh lake each time) processes all of it: the rate is
+GPUs, 8 partitions, 2 stage partitions: `topics.stage_partitions`). Then, one after another
+on that same data, a group of N workers (a fresh group, fresh output topics and a fresh lake
+each time) processes all of it: the rate is
 requests / (time from the first cost record to the last request cost record in the lake), and
 the CPU is the sum over the group's worker processes (user + system), per event. The broker
 shares this machine's cores, so CPU per event says more than the wall rate when the cores are
 the limit. Recovery: in a group of 2, one worker is SIGKILLed when the lake is 30 % full; the
 recovery time is from the kill until the group commits offsets again on every partition the
-killed worker owned.
+killed worker owned. Before the passes, the same fixed CPU work (no Kafka) runs alone and as
+two copies at once: `machine_cpu_growth_2` is how much this machine alone inflates CPU time
+when two busy processes share it, the floor under `cpu_growth_2`.
 
-    .venv/bin/python -m bench.bench_scaleout [--requests 2000000] [--workers 1,2,4]
-Last line: JSON with events_per_s_<n>, cpu_us_per_event_<n>, speedup_2, cpu_growth_2 and
-recovery_s.
+    .venv/bin/python -m bench.bench_scaleout [--duration 400] [--workers 1,2,4]
+        [--stage-partitions 2] [--standby N]
+Last line: JSON with events_per_s_<n>, cpu_us_per_event_<n>, speedup_2, cpu_growth_2,
+machine_cpu_growth_2 and recovery_s.
 """
 
 from __future__ import annotations
@@ -96,6 +100,30 @@ def _owned_offsets(run: Run) -> dict[tuple[str, int], int]:
     return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
 
 
+_SPIN = ("import time, numpy as np\n"
+         "t = time.process_time(); x = 0\n"
+         "for i in range(6_000_000): x += i * i % 7\n"
+         "a = np.random.default_rng(1).random(2_000_000)\n"
+         "for _ in range(20): a = np.sort(a)\n"
+         "print(time.process_time() - t)")
+
+
+def machine_contention() -> float:
+    """CPU seconds of a fixed piece of work when two copies run at once, over the same work
+    alone, minus 1: how much this machine alone inflates CPU per event when two busy
+    processes share it (no Kafka, no costpipe)."""
+    import subprocess
+
+    def spin(copies: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE)
+                 for _ in range(copies)]
+        return sum(float(p.communicate()[0]) for p in procs) / copies
+
+    alone = min(spin(1) for _ in range(2))
+    together = min(spin(2) for _ in range(2))
+    return together / alone - 1
+
+
 def one_pass(base: Run, workers: int, expected: int, end_us: int, timeout: float,
              kill_at: float | None = None) -> Pass:
     run = _group_run(base)
@@ -148,16 +176,30 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--no-recovery", action="store_true")
+    parser.add_argument("--stage-partitions", type=int, default=2,
+                        help="topics.stage_partitions (0: the setting's default, as many as "
+                        "--partitions)")
+    parser.add_argument("--standby", type=int, default=None,
+                        help="servers.worker_standby_replicas (default: the setting's)")
     args = parser.parse_args()
-    base = fresh_run({"COSTPIPE_LAKE__FLUSH_SECONDS": "1",
-                      "COSTPIPE_TOPICS__PARTITIONS": str(args.partitions),
-                      "COSTPIPE_INGEST__DEDUP_HORIZON_SECONDS": "3600"})
+    extra = {"COSTPIPE_LAKE__FLUSH_SECONDS": "1",
+             "COSTPIPE_TOPICS__PARTITIONS": str(args.partitions),
+             "COSTPIPE_INGEST__DEDUP_HORIZON_SECONDS": "3600"}
+    if args.stage_partitions:
+        extra["COSTPIPE_TOPICS__STAGE_PARTITIONS"] = str(args.stage_partitions)
+    if args.standby is not None:
+        extra["COSTPIPE_SERVERS__WORKER_STANDBY_REPLICAS"] = str(args.standby)
+    base = fresh_run(extra)
     create_topics(base)
     print(f"  run {base.suffix}: filling topics ...", file=sys.stderr, flush=True)
     json_topic = f"bench.json.{base.suffix}.v1"
     requests, end_us, messages = fill(base, args.rate, args.duration, json_topic, json_rows=0)
     print(f"  {requests:,} requests in {messages:,} messages", file=sys.stderr, flush=True)
-    result: dict[str, Any] = {"requests": requests, "partitions": args.partitions}
+    result: dict[str, Any] = {"requests": requests, "partitions": args.partitions,
+                              "stage_partitions": args.stage_partitions or args.partitions,
+                              "machine_cpu_growth_2": machine_contention()}
+    print(f"  this machine alone: +{result['machine_cpu_growth_2']:.0%} CPU for the same work "
+          "with 2 processes at once", file=sys.stderr, flush=True)
     passes: dict[int, Pass] = {}
     try:
         for n in (int(x) for x in args.workers.split(",")):

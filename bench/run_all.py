@@ -207,8 +207,9 @@ def benches(args: argparse.Namespace) -> list[Bench]:
               ), runs=1 if args.quick else None, timeout=args.memory_duration + 300),
     ]
     out.append(Bench(
-        "scaleout", "Scale-out: 1, 2 and 4 workers on the same 2M requests (8 partitions; the"
-        " broker shares the 2 cores), then SIGKILL of 1 of 2", [PY, "-m", "bench.bench_scaleout"],
+        "scaleout", "Scale-out: 1, 2 and 4 workers on the same 2M requests (8 partitions, 2 "
+        "stage partitions; the broker shares the 2 cores), then SIGKILL of 1 of 2",
+        [PY, "-m", "bench.bench_scaleout"],
         last_json, (
             Figure("events_per_s_1", "1 worker", "events/s"),
             Figure("events_per_s_2", "2 workers", "events/s"),
@@ -218,6 +219,8 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             Figure("cpu_us_per_event_2", "CPU per event, 2 workers", "us", digits=1),
             Figure("cpu_growth_2", "CPU per event growth, 2 workers", "x", "<= 0.10", le(0.10),
                    3),
+            Figure("machine_cpu_growth_2", "this machine alone: CPU growth of the same work, "
+                   "2 processes at once", "x", digits=3),
             Figure("recovery_s", "SIGKILL of 1 of 2: offsets moving again after", "s",
                    digits=1),
         ), runs=1, timeout=2400))

@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=1,
+        table_standby_replicas=settings.servers.worker_standby_replicas,
         web_host="127.0.0.1",
         web_port=settings.servers.worker_web_port,
         web_bind="127.0.0.1",

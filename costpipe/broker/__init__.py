@@ -212,12 +212,14 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     admin = quiet_admin(settings)
     existing = admin.list_topics(timeout=timeout).topics
     counts = settings.topics.partition_counts()
+    stage = {settings.topics.partials, settings.topics.gpuwork}
     for name, wanted in counts.items():
         if name in existing and len(existing[name].partitions) != wanted:
+            key = "topics.stage_partitions" if name in stage else "topics.partitions"
             raise BrokerError(
                 f"topic {name} has {len(existing[name].partitions)} partitions but "
-                f"topics.partitions is {wanted}: every stage is keyed by partition, so they "
-                "must agree (set topics.partitions to match, or delete the costpipe topics "
+                f"{key} makes it {wanted}: every stage is keyed by partition, so they "
+                f"must agree (set {key} to match, or delete the costpipe topics "
                 "and their -changelog topics and start again)")
     missing = [name for name in counts if name not in existing]
     if not missing:

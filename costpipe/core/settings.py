@@ -124,12 +124,25 @@ class TopicSettings(_Section):
     )
     partitions: int = Field(default=4, ge=1, le=1024,
                             description="Partitions per topic (the scale-out unit)")
+    stage_partitions: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Partitions of the internal `partials` and `gpuwork` topics (window "
+        "merging, GPU allocation); unset = `partitions`. Every requests message fans out to "
+        "one message per stage partition of each, so fewer make fewer, bigger messages (one "
+        "worker at 2 instead of 8: 2x the events/s); at least the number of workers you run")
+
+    def stage_count(self) -> int:
+        return self.stage_partitions or self.partitions
 
     def partition_counts(self) -> dict[str, int]:
-        """Topic name -> partitions: every stage is keyed, so every data topic has
-        `partitions`; the members roll call has one."""
-        return {getattr(self, name): 1 if name == "members" else self.partitions
-                for name in type(self).model_fields if name != "partitions"}
+        """Topic name -> partitions: every stage is keyed; the data topics have `partitions`,
+        the internal stage topics `stage_partitions`, the members roll call one."""
+        def count(name: str) -> int:
+            if name == "members":
+                return 1
+            return self.stage_count() if name in ("partials", "gpuwork") else self.partitions
+        return {getattr(self, name): count(name) for name in type(self).model_fields
+                if name not in ("partitions", "stage_partitions")}
 
     @field_validator(
         "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork",
@@ -351,6 +364,12 @@ class ServerSettings(_Section):
                                  description="The worker's Faust web endpoint (127.0.0.1)")
     worker_group: str = Field(default="costpipe-worker",
                               description="Faust app id = the workers' consumer group")
+    worker_standby_replicas: int = Field(
+        default=0, ge=0, le=3,
+        description="Standby copies of each worker's state kept by the other workers of the "
+        "group (Faust's table standbys): each copy costs CPU per state write, and may shorten "
+        "a take-over after a crash (it need not read the changelog); measured both ways in "
+        "docs/decisions/2026-12-01-keyed-stages.md")
     worker_stall_seconds: int = Field(
         default=120, ge=10, le=86_400,
         description="A worker that reads nothing for this long while messages wait for it "

@@ -84,6 +84,8 @@ def test_sigkill_of_one_of_two_workers_changes_nothing(kafka_bootstrap: str,
     webhook = Webhook()
     with webhook as hook:
         run = StreamsRun(kafka_bootstrap, tmp_path, COSTPIPE_LAKE__FLUSH_SECONDS="1",
+                         COSTPIPE_TOPICS__PARTITIONS="4",  # 4 requests partitions fan out
+                         COSTPIPE_TOPICS__STAGE_PARTITIONS="2",  # to 2 stage partitions
                          COSTPIPE_ALERTS__WEBHOOK_URL=hook,
                          COSTPIPE_ALERTS__WARMUP_WINDOWS="2",
                          COSTPIPE_ALERTS__SPIKE_MIN_DOLLARS="0.01",

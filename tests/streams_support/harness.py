@@ -66,7 +66,8 @@ class StreamsRun:
             "kafka": {"bootstrap_servers": bootstrap},
             "lake": {"location": values["COSTPIPE_LAKE__LOCATION"]},
             "topics": {**{k: values[f"COSTPIPE_TOPICS__{k.upper()}"] for k in TOPIC_KEYS},
-                       "partitions": int(values["COSTPIPE_TOPICS__PARTITIONS"])},
+                       "partitions": int(values["COSTPIPE_TOPICS__PARTITIONS"]),
+                       "stage_partitions": values.get("COSTPIPE_TOPICS__STAGE_PARTITIONS")},
             "windows": {"seconds": 60, "allowed_lateness_seconds": 20},
             "gpu": {"bucket_seconds": 10, "allowed_lateness_seconds": 5},
         })
@@ -78,7 +79,8 @@ class StreamsRun:
     def _create_topics(self) -> None:
         admin = AdminClient(confluent_admin(self.settings))
         t = self.settings.topics
-        wanted = [NewTopic(getattr(t, k), 2, 1) for k in TOPIC_KEYS]
+        counts = t.partition_counts()
+        wanted = [NewTopic(getattr(t, k), counts[getattr(t, k)], 1) for k in TOPIC_KEYS]
         for future in admin.create_topics(wanted).values():
             future.result(30)
 

@@ -135,3 +135,14 @@ def test_envelope_must_fit_under_the_message_limit() -> None:
         load_settings(environ={"COSTPIPE_KAFKA__MAX_MESSAGE_BYTES": str(2 * 1024 * 1024),
                                "COSTPIPE_KAFKA__ENVELOPE_BYTES": str(2 * 1024 * 1024)})
     assert str(caught.value).startswith("invalid setting kafka.envelope_bytes ")
+
+
+def test_stage_partitions_size_only_the_internal_stage_topics() -> None:
+    topics = Settings.model_validate({"topics": {"partitions": 8, "stage_partitions": 2}}).topics
+    counts = topics.partition_counts()
+    assert {counts[topics.partials], counts[topics.gpuwork]} == {2}
+    assert {counts[getattr(topics, name)] for name in
+            ("requests", "gpu", "costs", "windows", "alerts", "deadletter")} == {8}
+    assert counts[topics.members] == 1
+    same = Settings.model_validate({"topics": {"partitions": 8}}).topics
+    assert same.partition_counts()[same.gpuwork] == 8  # unset: as many as the inputs
