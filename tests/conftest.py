@@ -100,6 +100,7 @@ def settings_for_tests(tmp_path: Path, kafka_bootstrap: str) -> Settings:
     suffix = f"t{uuid.uuid4().hex[:8]}"
     defaults = Settings().topics.model_dump()
     defaults.pop("partitions")
+    defaults.pop("stage_partitions")
     topics = {
         key: f"{name.rsplit('.', 1)[0]}.{suffix}.{name.rsplit('.', 1)[1]}"
         for key, name in defaults.items()
