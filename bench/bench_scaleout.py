@@ -11,7 +11,8 @@ the limit. Recovery: in a group of 2, one worker is SIGKILLed when the lake is 3
 recovery time is from the kill until the group commits offsets again on every partition the
 killed worker owned. Before the passes, the same fixed CPU work (no Kafka) runs alone and as
 two copies at once: `machine_cpu_growth_2` is how much this machine alone inflates CPU time
-when two busy processes share it, the floor under `cpu_growth_2`.
+when two busy processes share it, the floor under `cpu_growth_2`. `steady_*` figures count only
+from 20 % to 80 % of the lake (no start-up, first rebalance or tail).
 
     .venv/bin/python -m bench.bench_scaleout [--duration 400] [--workers 1,2,4]
         [--stage-partitions 2] [--standby N]
@@ -22,6 +23,7 @@ machine_cpu_growth_2 and recovery_s.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ class Pass:
     cpu_s: float
     events: int
     recovery_s: float | None = None
+    steady: tuple[float, float, int] | None = None  # seconds, CPU s, events from 20 % to 80 %
 
     @property
     def rate(self) -> float:
@@ -62,6 +65,14 @@ class Pass:
     @property
     def cpu_us(self) -> float:
         return self.cpu_s / self.events * 1e6
+
+    @property
+    def steady_rate(self) -> float | None:
+        return None if self.steady is None else self.steady[2] / self.steady[0]
+
+    @property
+    def steady_cpu_us(self) -> float | None:
+        return None if self.steady is None else self.steady[1] / self.steady[2] * 1e6
 
 
 def _group_run(base: Run) -> Run:
@@ -134,6 +145,7 @@ def one_pass(base: Run, workers: int, expected: int, end_us: int, timeout: float
     recovery = None
     stalled: set[tuple[str, int]] = set()
     before: dict[tuple[str, int], int] = {}
+    marks: dict[float, tuple[float, float, int]] = {}  # share of the lake -> (t, CPU s, count)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -141,6 +153,9 @@ def one_pass(base: Run, workers: int, expected: int, end_us: int, timeout: float
                 if proc.poll() is None:
                     cpu[proc.pid] = process_cpu_s(proc.pid)
             count = counter.count()
+            for share in (0.2, 0.8):  # steady state: no start-up, first rebalance or tail
+                if share not in marks and count >= share * expected:
+                    marks[share] = (time.monotonic(), sum(cpu.values()), count)
             if count >= expected:
                 break
             if kill_at is not None and killed_at is None and count >= kill_at * expected:
@@ -162,8 +177,13 @@ def one_pass(base: Run, workers: int, expected: int, end_us: int, timeout: float
         for proc in procs:
             stop(proc)
     started = first_timestamp_s(run, run.settings.topics.costs)
-    result = Pass(workers, done - started, sum(cpu.values()), expected, recovery)
+    steady = None
+    if kill_at is None and len(marks) == 2 and marks[0.8][2] > marks[0.2][2]:
+        (t0, c0, n0), (t1, c1, n1) = marks[0.2], marks[0.8]
+        steady = (t1 - t0, c1 - c0, n1 - n0)
+    result = Pass(workers, done - started, sum(cpu.values()), expected, recovery, steady)
     delete_topics(run.settings, run.suffix)
+    shutil.rmtree(run.folder, ignore_errors=True)  # its lake, state and worker logs
     return result
 
 
@@ -205,13 +225,20 @@ def main() -> None:
         for n in (int(x) for x in args.workers.split(",")):
             one = one_pass(base, n, requests, end_us, args.timeout)
             passes[n] = one
-            print(f"  {n} worker(s): {one.rate:,.0f} events/s, {one.cpu_us:.1f} us CPU/event",
-                  file=sys.stderr, flush=True)
+            print(f"  {n} worker(s): {one.rate:,.0f} events/s, {one.cpu_us:.1f} us CPU/event"
+                  f" (steady, 20-80 % of the lake: {one.steady_rate or 0:,.0f} events/s, "
+                  f"{one.steady_cpu_us or 0:.1f} us)", file=sys.stderr, flush=True)
             result[f"events_per_s_{n}"] = one.rate
             result[f"cpu_us_per_event_{n}"] = one.cpu_us
+            result[f"steady_events_per_s_{n}"] = one.steady_rate
+            result[f"steady_cpu_us_per_event_{n}"] = one.steady_cpu_us
         if 1 in passes and 2 in passes:
             result["speedup_2"] = passes[2].rate / passes[1].rate
             result["cpu_growth_2"] = passes[2].cpu_us / passes[1].cpu_us - 1
+            one, two = passes[1], passes[2]
+            if one.steady_cpu_us and two.steady_cpu_us and one.steady_rate and two.steady_rate:
+                result["steady_speedup_2"] = two.steady_rate / one.steady_rate
+                result["steady_cpu_growth_2"] = two.steady_cpu_us / one.steady_cpu_us - 1
         if 1 in passes and 4 in passes:
             result["speedup_4"] = passes[4].rate / passes[1].rate
         if not args.no_recovery:
@@ -222,8 +249,6 @@ def main() -> None:
                   f"s; run at {killed.rate:,.0f} events/s", file=sys.stderr, flush=True)
     finally:
         delete_topics(base.settings, base.suffix)
-        import shutil
-
         shutil.rmtree(base.folder, ignore_errors=True)
     emit(result)
 

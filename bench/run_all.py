@@ -219,6 +219,10 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             Figure("cpu_us_per_event_2", "CPU per event, 2 workers", "us", digits=1),
             Figure("cpu_growth_2", "CPU per event growth, 2 workers", "x", "<= 0.10", le(0.10),
                    3),
+            Figure("steady_speedup_2", "steady state (20-80 % of the lake): 2 workers / 1",
+                   "x", digits=2),
+            Figure("steady_cpu_growth_2", "steady state: CPU per event growth, 2 workers", "x",
+                   digits=3),
             Figure("machine_cpu_growth_2", "this machine alone: CPU growth of the same work, "
                    "2 processes at once", "x", digits=3),
             Figure("recovery_s", "SIGKILL of 1 of 2: offsets moving again after", "s",
