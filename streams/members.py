@@ -102,6 +102,25 @@ def split_lake_warning(members: list[Member], now: float | None = None) -> str |
             "shared lake.location (object storage such as s3://bucket/costpipe)")
 
 
+def idle_workers_warning(members: list[Member], settings: Settings,
+                         now: float | None = None) -> str | None:
+    """One line when the group has more live workers than some stage has partitions: the
+    workers past that count get none of the stage's work (a partition has one owner)."""
+    now = time.time() if now is None else now
+    live = sum(1 for m in members if now - m.seen <= ALIVE_SECONDS)
+    topics = settings.topics
+    short = [(key, count) for key, count in (("topics.partitions", topics.partitions),
+                                             ("topics.stage_partitions", topics.stage_count()))
+             if count < live]
+    if not short:
+        return None
+    what = ", ".join(f"{key} is {count}" for key, count in short)
+    return (f"{live} workers run in this group but {what}: a partition has one owner, so "
+            f"{live - min(c for _, c in short)} of them get no share of that work. Raise the "
+            "setting to at least the number of workers (topics are made with it: new topics "
+            "or a new topics.*.vN name), or run fewer workers")
+
+
 class RollCall:
     """Posts this worker to the members topic and checks the others, in a daemon thread."""
 
@@ -115,6 +134,7 @@ class RollCall:
         self._thread = threading.Thread(target=self._run, name="costpipe-roll-call",
                                         daemon=True)
         self.last_warning: str | None = None
+        self.last_idle_warning: str | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -144,10 +164,15 @@ class RollCall:
         self._producer.flush(5.0)
 
     def check(self) -> None:
-        warning = split_lake_warning(read_members(self.settings))
+        members = read_members(self.settings)
+        warning = split_lake_warning(members)
         if warning and warning != self.last_warning:
             log.error("costpipe worker: %s", warning)
         self.last_warning = warning
+        idle = idle_workers_warning(members, self.settings)
+        if idle and idle != self.last_idle_warning:
+            log.warning("costpipe worker: %s", idle)
+        self.last_idle_warning = idle
 
     def _run(self) -> None:
         try:

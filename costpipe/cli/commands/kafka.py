@@ -94,7 +94,12 @@ def _print_members(settings) -> None:  # type: ignore[no-untyped-def]
     """The worker group's live members and their lake; one warning line if it is split."""
     import time
 
-    from costpipe.streams.members import ALIVE_SECONDS, read_members, split_lake_warning
+    from costpipe.streams.members import (
+        ALIVE_SECONDS,
+        idle_workers_warning,
+        read_members,
+        split_lake_warning,
+    )
 
     if settings.topics.members not in broker.topic_names(settings):
         return
@@ -103,6 +108,6 @@ def _print_members(settings) -> None:  # type: ignore[no-untyped-def]
     typer.echo(f"workers of group {settings.servers.worker_group}: {len(live)} live")
     for member in sorted(live, key=lambda m: m.worker):
         typer.echo(f"  {member.host} pid {member.pid}: lake {member.lake}")
-    warning = split_lake_warning(members)
-    if warning:
-        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    for warning in (split_lake_warning(members), idle_workers_warning(members, settings)):
+        if warning:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
