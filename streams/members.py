@@ -86,10 +86,15 @@ def read_members(settings: Settings, timeout: float = 10.0) -> list[Member]:
         consumer.close()
 
 
+def live_members(members: list[Member], now: float | None = None) -> list[Member]:
+    """Those that posted within ALIVE_SECONDS."""
+    now = time.time() if now is None else now
+    return [m for m in members if now - m.seen <= ALIVE_SECONDS]
+
+
 def split_lake_warning(members: list[Member], now: float | None = None) -> str | None:
     """One line when the live members write to more than one lake, else None."""
-    now = time.time() if now is None else now
-    live = [m for m in members if now - m.seen <= ALIVE_SECONDS]
+    live = live_members(members, now)
     lakes = sorted({m.lake for m in live})
     LAKE_LOCATIONS.set(len(lakes))
     if len(lakes) <= 1:
@@ -106,8 +111,7 @@ def idle_workers_warning(members: list[Member], settings: Settings,
                          now: float | None = None) -> str | None:
     """One line when the group has more live workers than some stage has partitions: the
     workers past that count get none of the stage's work (a partition has one owner)."""
-    now = time.time() if now is None else now
-    live = sum(1 for m in members if now - m.seen <= ALIVE_SECONDS)
+    live = len(live_members(members, now))
     topics = settings.topics
     short = [(key, count) for key, count in (("topics.partitions", topics.partitions),
                                              ("topics.stage_partitions", topics.stage_count()))

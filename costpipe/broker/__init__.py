@@ -212,7 +212,7 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     admin = quiet_admin(settings)
     existing = admin.list_topics(timeout=timeout).topics
     counts = settings.topics.partition_counts()
-    stage = {settings.topics.partials, settings.topics.gpuwork}
+    stage = settings.topics.stage_topics()
     for name, wanted in counts.items():
         if name in existing and len(existing[name].partitions) != wanted:
             key = "topics.stage_partitions" if name in stage else "topics.partitions"

@@ -134,15 +134,18 @@ class TopicSettings(_Section):
     def stage_count(self) -> int:
         return self.stage_partitions or self.partitions
 
+    def stage_topics(self) -> set[str]:
+        """The internal topics sized by `stage_partitions`."""
+        return {self.partials, self.gpuwork}
+
     def partition_counts(self) -> dict[str, int]:
         """Topic name -> partitions: every stage is keyed; the data topics have `partitions`,
         the internal stage topics `stage_partitions`, the members roll call one."""
-        def count(name: str) -> int:
-            if name == "members":
-                return 1
-            return self.stage_count() if name in ("partials", "gpuwork") else self.partitions
-        return {getattr(self, name): count(name) for name in type(self).model_fields
-                if name not in ("partitions", "stage_partitions")}
+        counts = {getattr(self, name): self.partitions for name in type(self).model_fields
+                  if name not in ("partitions", "stage_partitions")}
+        counts.update(dict.fromkeys(self.stage_topics(), self.stage_count()))
+        counts[self.members] = 1
+        return counts
 
     @field_validator(
         "requests", "gpu", "costs", "partials", "windows", "alerts", "deadletter", "gpuwork",

@@ -115,6 +115,7 @@ class GpuAllocator:
         self._index: dict[tuple[str, int], set[str]] | None = None
         self._chunks: dict[str, _Chunk] = {}
         self._wm: dict[str, int] | None = None
+        self._beats: dict[str, int] = {}  # the heartbeat marks of _wm, rebuilt with it
         self._backlog: dict[str, bool] | None = None
         self._closed: dict[str, int] | None = None
 
@@ -270,8 +271,9 @@ class GpuAllocator:
     def heartbeat_mark(self) -> int | None:
         """How far every GPU has reported by heartbeats: the min over the GPU topic partitions,
         None until each has carried one."""
-        beats = [v for k, v in self._marks().items() if k.startswith(HEARTBEAT)]
-        return min(beats) if len(beats) >= self.gpu_partitions else None
+        self._marks()  # builds self._beats
+        beats = self._beats
+        return min(beats.values()) if len(beats) >= self.gpu_partitions else None
 
     def note_requests(self, max_ts: int | None, stream: str, caught_up: bool = True) -> None:
         """Requests partition `stream` has reached `max_ts` (sent even with no own-model rows).
@@ -295,6 +297,8 @@ class GpuAllocator:
         if max_ts > marks.get(stream, -(2**62)):
             marks[stream] = max_ts
             self._set_meta(f"wm|{stream}", max_ts)
+            if stream.startswith(HEARTBEAT):
+                self._beats[stream] = max_ts
 
     def _marks(self) -> dict[str, int]:
         if self._wm is None:
@@ -304,6 +308,8 @@ class GpuAllocator:
             # not trusted (see the module doc): samples and the next heartbeats decide
             self._wm.pop("gpu", None)
             self._wm.pop("gpuhb", None)
+            # per GPU partition, apart: gpu_mark reads their min for every GPU it closes
+            self._beats = {k: v for k, v in self._wm.items() if k.startswith(HEARTBEAT)}
         return self._wm
 
     def _backlogged(self) -> dict[str, bool]:

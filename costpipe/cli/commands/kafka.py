@@ -92,11 +92,9 @@ def register(app: typer.Typer) -> None:
 
 def _print_members(settings) -> None:  # type: ignore[no-untyped-def]
     """The worker group's live members and their lake; one warning line if it is split."""
-    import time
-
     from costpipe.streams.members import (
-        ALIVE_SECONDS,
         idle_workers_warning,
+        live_members,
         read_members,
         split_lake_warning,
     )
@@ -104,7 +102,7 @@ def _print_members(settings) -> None:  # type: ignore[no-untyped-def]
     if settings.topics.members not in broker.topic_names(settings):
         return
     members = read_members(settings, timeout=5.0)
-    live = [m for m in members if time.time() - m.seen <= ALIVE_SECONDS]
+    live = live_members(members)
     typer.echo(f"workers of group {settings.servers.worker_group}: {len(live)} live")
     for member in sorted(live, key=lambda m: m.worker):
         typer.echo(f"  {member.host} pid {member.pid}: lake {member.lake}")
