@@ -25,6 +25,8 @@ from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import IngestSettings
 from costpipe.schemas.envelope import ARROW, ENCODING_HEADER, JSON, Headers, header_value
 from costpipe.schemas.records import (
+    BILLED_UNITS,
+    MAX_AUDIO_SECONDS,
     MAX_TOKENS,
     PROVIDER_KINDS,
     REQUEST_EVENT,
@@ -32,6 +34,16 @@ from costpipe.schemas.records import (
 )
 
 TOKEN_FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+COUNT_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_integer(t))
+SECONDS_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_floating(t))
+# A usage refinement is part of its parent: together they must not exceed it.
+PARTS: Final[dict[str, tuple[str, ...]]] = {
+    "input_tokens": ("input_audio_tokens", "input_image_tokens"),
+    "output_tokens": ("output_audio_tokens", "output_image_tokens"),
+    "cache_read_tokens": ("cache_audio_read_tokens", "cache_image_read_tokens"),
+    "input_audio_tokens": ("cache_audio_read_tokens",),
+    "input_image_tokens": ("cache_image_read_tokens",),
+}
 ARROW_EOS: Final = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # end-of-stream marker of an IPC stream
 JSON_DEFAULTS: Final[dict[str, Any]] = {
     "cache_read_tokens": 0,
@@ -451,6 +463,32 @@ def _cache_exceeds_input(batch: pa.RecordBatch) -> pa.Array:
     return pc.greater(cached, pc.fill_null(batch.column("input_tokens"), 0))
 
 
+def _parts_exceed(parent: str, parts: tuple[str, ...]) -> Callable[[pa.RecordBatch], pa.Array]:
+    def mask(batch: pa.RecordBatch) -> pa.Array:
+        total = pc.fill_null(batch.column(parts[0]), 0)
+        for name in parts[1:]:
+            total = pc.add(total, pc.fill_null(batch.column(name), 0))
+        reported = pc.is_valid(batch.column(parts[0]))
+        for name in parts[1:]:
+            reported = pc.or_(reported, pc.is_valid(batch.column(name)))
+        return pc.and_(reported, pc.greater(total, pc.fill_null(batch.column(parent), 0)))
+    return mask
+
+
+def _unit_rules(names: set[str]) -> list[_Rule]:
+    rules = [_column_rule(n, f"must be between 0 and {MAX_TOKENS}", *_outside(0, MAX_TOKENS))
+             for n in COUNT_UNITS if n in names]
+    rules += [_column_rule(n, f"must be a finite number from 0 to {MAX_AUDIO_SECONDS:.0f}",
+                           *_outside(0, MAX_AUDIO_SECONDS)) for n in SECONDS_UNITS if n in names]
+    for parent, parts in PARTS.items():
+        if {parent, *parts} <= names:
+            mask = _parts_exceed(parent, parts)
+            summed = f"; summed with {', '.join(parts[1:])}" if parts[1:] else ""
+            rules.append(_Rule(parts[0], f"must not exceed {parent} (it is part of it{summed})",
+                               lambda b, mask=mask: pc.any(mask(b)).as_py() is True, mask))
+    return rules
+
+
 def _rules(schema: pa.Schema, now: dt.datetime, ingest: IngestSettings) -> list[_Rule]:
     rules: list[_Rule] = []
     names = set(schema.names)
@@ -480,6 +518,7 @@ def _rules(schema: pa.Schema, now: dt.datetime, ingest: IngestSettings) -> list[
                            "counts the whole prompt, cached tokens included)",
                            lambda b: pc.any(_cache_exceeds_input(b)).as_py() is True,
                            _cache_exceeds_input))
+    rules += _unit_rules(names)
     for name in (n for n in NON_NEGATIVE if n in names):
         rules.append(_column_rule(name, "must be a finite number >= 0", *_outside(0, None)))
     for name in (n for n in PERCENT if n in names):
@@ -491,7 +530,7 @@ def _rules(schema: pa.Schema, now: dt.datetime, ingest: IngestSettings) -> list[
         rules.append(_column_rule(name, "must be a finite number > 0",
                                   *_outside(0, None, strict_low=True)))
     for target in schema:  # any other float must at least be finite
-        covered = NON_NEGATIVE + PERCENT + FRACTION + POSITIVE
+        covered = NON_NEGATIVE + PERCENT + FRACTION + POSITIVE + SECONDS_UNITS
         if pa.types.is_floating(target.type) and target.name not in covered:
             rules.append(_column_rule(target.name, "must be a finite number",
                                       *_outside(None, None)))

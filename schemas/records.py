@@ -21,7 +21,8 @@ TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
 PROVIDER_KINDS: Final = ("internal", "external")
 STATUSES: Final = ("ok", "error")
 RECORD_TYPES: Final = ("request", "idle", "correction")
-PRICING_STATUSES: Final = ("priced", "unpriced", "gpu_allocated", "gpu_unattributed", "idle")
+PRICING_STATUSES: Final = ("priced", "unpriced", "unpriced_unit", "gpu_allocated",
+                            "gpu_unattributed", "idle")
 
 MAX_TOKENS: Final = 100_000_000  # one request above this is a bug upstream, not a workload
 
@@ -44,9 +45,32 @@ def _schema(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
     return pa.schema(fields, metadata={"costpipe.record": name, "costpipe.version": str(version)})
 
 
+# Usage units that providers bill besides text tokens (v2 of the request event). Names are the
+# price catalog's usage keys (genai-prices' unit registry), so pricing maps a catalog price to a
+# column by name. Null = not reported; a refinement ("part of") counts as 0 when null.
+BILLED_UNITS: Final[dict[str, tuple[pa.DataType, str]]] = {
+    "input_audio_tokens": (pa.int64(), "Part of input_tokens that was audio"),
+    "output_audio_tokens": (pa.int64(), "Part of output_tokens that was audio"),
+    "cache_audio_read_tokens": (pa.int64(),
+                                "Part of cache_read_tokens and input_audio_tokens"),
+    "input_image_tokens": (pa.int64(), "Part of input_tokens that was images"),
+    "output_image_tokens": (pa.int64(), "Part of output_tokens that was images"),
+    "cache_image_read_tokens": (pa.int64(),
+                                "Part of cache_read_tokens and input_image_tokens"),
+    "input_characters": (pa.int64(), "Characters of text sent to be spoken (speech)"),
+    "input_audio_seconds": (pa.float64(), "Seconds of audio sent (transcription)"),
+    "output_audio_seconds": (pa.float64(), "Seconds of audio returned (speech)"),
+}
+MAX_AUDIO_SECONDS: Final = 7 * 86_400.0  # one request above a week of audio is a bug upstream
+
+
+def _billed_unit_fields() -> list[pa.Field]:
+    return [_field(name, type_, doc=doc) for name, (type_, doc) in BILLED_UNITS.items()]
+
+
 REQUEST_EVENT: Final = _schema(
     "request_event",
-    1,
+    2,
     [
         _field("request_id", pa.string(), nullable=False, doc="Unique id; dedup key"),
         _field("timestamp", TIMESTAMP, nullable=False, doc="When the request started (UTC)"),
@@ -67,6 +91,7 @@ REQUEST_EVENT: Final = _schema(
         _field("cache_write_tokens", pa.int64(), nullable=False,
                otel="gen_ai.usage.cache_creation.input_tokens",
                doc="Part of input_tokens (cache_read + cache_write <= input_tokens)"),
+        *_billed_unit_fields(),
         _field("latency_ms", pa.float64(), doc="Wall time of the call"),
         _field("ttft_ms", pa.float64(), doc="Time to first token (streaming)"),
         _field("status", pa.string(), nullable=False, doc="ok | error"),
@@ -106,7 +131,7 @@ GPU_SAMPLE: Final = _schema(
 
 COST_RECORD: Final = _schema(
     "cost_record",
-    1,
+    2,
     [
         _field("record_id", pa.string(), nullable=False,
                doc="request_id, or idle:<gpu>:<bucket> for idle cost"),
@@ -123,10 +148,14 @@ COST_RECORD: Final = _schema(
         _field("output_tokens", pa.int64(), nullable=False),
         _field("cache_read_tokens", pa.int64(), nullable=False),
         _field("cache_write_tokens", pa.int64(), nullable=False),
+        *_billed_unit_fields(),
         _field("cost", MONEY, nullable=False, doc="What we pay (USD)"),
         _field("list_cost", MONEY, doc="Catalog price before contract discounts"),
         _field("shadow_cost", MONEY, doc="What the reference external model would charge"),
-        _field("pricing_status", pa.string(), nullable=False),
+        _field("pricing_status", pa.string(), nullable=False,
+               doc="priced | unpriced (model not in the catalog) | unpriced_unit (its price is "
+                   "in a unit the request did not report) | gpu_allocated | gpu_unattributed "
+                   "| idle"),
         _field("latency_ms", pa.float64()),
         _field("ttft_ms", pa.float64()),
         _field("status", pa.string(), nullable=False),

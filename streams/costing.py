@@ -12,10 +12,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from costpipe.core.settings import Settings
-from costpipe.schemas.records import COST_RECORD, TIMESTAMP
+from costpipe.schemas.records import BILLED_UNITS, COST_RECORD, TIMESTAMP
 from costpipe.streams.pricing import internal_mask, price_batch, shadow_price_batch
 
 _US = 1_000_000
+
+
+def _optional(batch: pa.RecordBatch, name: str) -> pa.Array:
+    if name in batch.schema.names:
+        return batch.column(name)
+    return pa.nulls(batch.num_rows, COST_RECORD.field(name).type)
 
 
 def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
@@ -43,6 +49,7 @@ def cost_records(batch: pa.RecordBatch, settings: Settings, partition: int,
         "output_tokens": batch.column("output_tokens"),
         "cache_read_tokens": batch.column("cache_read_tokens"),
         "cache_write_tokens": batch.column("cache_write_tokens"),
+        **{name: _optional(batch, name) for name in BILLED_UNITS},
         "cost": cost,
         "list_cost": list_cost,
         "shadow_cost": shadow,

@@ -1,27 +1,33 @@
 """The price catalog for external requests and the shadow price for internal ones.
 
 Rules (documented here because the simulator's expectation imports this module):
-- `input_tokens` is the total prompt size *including* cache reads/writes (OpenTelemetry GenAI and
-  genai-prices semantics); uncached input = input - cache_read - cache_write, floored at 0.
+- Every unit the catalog prices is applied to the matching usage (`streams/price_units.py`):
+  tokens by kind and modality, characters, audio seconds. Units nest; a price applies to what
+  is left after more specific priced units took theirs. So `input_tokens` is the whole prompt
+  *including* cache reads/writes and audio (OpenTelemetry GenAI and genai-prices semantics);
+  uncached text input = input - cache_read - cache_write - audio..., floored at 0, and a unit
+  without its own price (a cache read on a model with no cache price) pays its parent's price.
 - List prices come from genai-prices at the request's own timestamp (effective-dated), with its
-  cliff tiers (a tier's price applies to all tokens once total input exceeds the tier start).
-  A missing cache price means those tokens pay the input price.
+  cliff tiers (a tier's price applies to all units once total input tokens exceed its start).
 - `settings.pricing.overrides` add a model or replace the price we pay (contract price);
-  `settings.pricing.discounts[provider]` scale the paid per-token price by (1 - discount).
+  `settings.pricing.discounts[provider]` scale the paid price by (1 - discount).
   `list_cost` is the catalog price (or the override when the catalog lacks the model).
-- A model found nowhere is `unpriced`: cost 0, list_cost null, counted in
-  `costpipe_unpriced_requests_total` - never silently priced.
-- Money is exact: per-token prices in pico-dollars are integers for every real price list (<= 6
-  decimals per Mtok); a group whose price is not is computed with Decimal per row, rounded
-  half-even to the pico-dollar.
+- A model found nowhere is `unpriced`; a model priced in a unit the request did not report
+  (speech without characters) is `unpriced_unit`: cost 0, list_cost null, counted in
+  `costpipe_unpriced_requests_total` / `costpipe_unpriced_unit_requests_total` - never
+  silently priced.
+- Money is exact: prices in pico-dollars per count are integers for every real price list
+  (<= 6 decimals per Mtok; audio counted in ms); a group whose price is not is computed with
+  Decimal per row, rounded half-even to the pico-dollar.
 
 Vectorised: rows are grouped by (provider, model, UTC day); each group resolves its prices once
-(cached) and costs are int64 numpy arithmetic over token columns.
+(cached) and costs are int64 numpy arithmetic over unit columns.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -32,36 +38,51 @@ import pyarrow.compute as pc
 from genai_prices import data_snapshot
 from genai_prices.types import TieredPrices
 
-from costpipe.core.metrics import UNPRICED
+from costpipe.core.metrics import UNPRICED, UNPRICED_UNIT
 from costpipe.core.money import PICO, pico_to_money, to_pico
 from costpipe.core.settings import PriceOverride, Settings
+from costpipe.schemas.records import BILLED_UNITS
+from costpipe.streams.price_units import (
+    TOKEN_COLUMNS,
+    PricedUnits,
+    leaf_counts,
+    priced_units,
+    resolution,
+)
 
-MTOK = Decimal(1_000_000)
 KINDS = ("input", "output", "cache_read", "cache_write")
 _US_PER_DAY = 86_400 * 1_000_000
-_MAX_PICO_PER_TOKEN = 10**10  # $10,000 per Mtok; keeps int64 sums far from overflow
+_MAX_PICO_PER_COUNT = 10**10  # $10,000 per Mtok; keeps int64 sums far from overflow
 
 
 @dataclass(frozen=True)
 class PriceList:
-    """Per-Mtok prices (input, output, cache_read, cache_write) for each cliff tier segment.
+    """Prices of one model at one instant: per catalog unit, per cliff tier segment.
 
-    `starts[i]` is the input-token count above which segment i+1 applies; segment 0 is base.
+    `units` are the billed units most specific first; `segments[i][j]` is the price of
+    `units.units[j]` per its catalog quantity (`per`, e.g. 1M tokens or 3600 s) in segment i;
+    `starts[i]` is the input-token count above which segment i+1 applies.
     """
 
+    units: PricedUnits
     starts: tuple[int, ...]
-    segments: tuple[tuple[Decimal, Decimal, Decimal, Decimal], ...]
+    segments: tuple[tuple[Decimal, ...], ...]
 
     def scaled(self, factor: Decimal) -> PriceList:
-        return PriceList(self.starts, tuple(tuple(p * factor for p in s) for s in self.segments))
+        return PriceList(self.units, self.starts,
+                         tuple(tuple(p * factor for p in s) for s in self.segments))
 
-    def pico_per_token(self) -> np.ndarray | None:
-        """int64 [segment, kind] pico-dollars per token, or None when not exactly integral."""
-        table = np.zeros((len(self.segments), 4), dtype=np.int64)
+    def divisors(self) -> tuple[int, ...]:
+        """Counts per catalog quantity, at the resolution usage is counted in."""
+        return tuple(u.per * resolution(u.usage_key) for u in self.units.units)
+
+    def pico_per_count(self) -> np.ndarray | None:
+        """int64 [segment, unit] pico-dollars per count, or None when not exactly integral."""
+        table = np.zeros((len(self.segments), len(self.units.units)), dtype=np.int64)
         for i, segment in enumerate(self.segments):
-            for j, per_mtok in enumerate(segment):
-                pico = per_mtok * PICO / MTOK
-                if pico != pico.to_integral_value() or pico > _MAX_PICO_PER_TOKEN:
+            for j, (price, per) in enumerate(zip(segment, self.divisors(), strict=True)):
+                pico = price * PICO / per
+                if pico != pico.to_integral_value() or pico > _MAX_PICO_PER_COUNT:
                     return None
                 table[i, j] = int(pico)
         return table
@@ -83,6 +104,16 @@ def _tier_price(price: Decimal | TieredPrices | None, total_input: int) -> Decim
     return chosen
 
 
+def price_list(stated: Mapping[str, Decimal | TieredPrices]) -> PriceList:
+    """A PriceList from prices by catalog price key (`input_mtok`, `input_mchars`, ...)."""
+    units = priced_units(stated)
+    raw = [stated[u.price_key] for u in units.units]
+    starts = sorted({t.start for p in raw if isinstance(p, TieredPrices) for t in p.tiers})
+    segments = tuple(tuple(_tier_price(p, probe) or Decimal(0) for p in raw)
+                     for probe in [0, *[s + 1 for s in starts]])
+    return PriceList(units, tuple(starts), segments)
+
+
 @lru_cache(maxsize=4096)
 def catalog_prices(provider: str, model: str, when: dt.datetime) -> PriceList | None:
     """genai-prices for (provider, model) at `when`, or None when the catalog lacks it."""
@@ -91,26 +122,8 @@ def catalog_prices(provider: str, model: str, when: dt.datetime) -> PriceList | 
     except LookupError:
         return None
     prices = info.get_prices(when)
-    raw = [getattr(prices, f"{kind}_mtok", None) for kind in KINDS]
-    starts = sorted({t.start for p in raw if isinstance(p, TieredPrices) for t in p.tiers})
-    segments = []
-    for probe in [0, *[s + 1 for s in starts]]:
-        inp = _tier_price(raw[0], probe) or Decimal(0)
-        out = _tier_price(raw[1], probe) or Decimal(0)
-        cache_read = _tier_price(raw[2], probe)
-        cache_write = _tier_price(raw[3], probe)
-        segments.append((inp, out, inp if cache_read is None else cache_read,
-                         inp if cache_write is None else cache_write))
-    return PriceList(tuple(starts), tuple(segments))
-
-
-def _override_prices(override: PriceOverride) -> PriceList:
-    inp = override.input_per_mtok
-    return PriceList((), ((
-        inp, override.output_per_mtok,
-        inp if override.cache_read_per_mtok is None else override.cache_read_per_mtok,
-        inp if override.cache_write_per_mtok is None else override.cache_write_per_mtok,
-    ),))
+    stated = {k: v for k, v in vars(prices).items() if not k.startswith("_") and v is not None}
+    return price_list(stated)
 
 
 def _overrides(settings: Settings) -> dict[tuple[str, str], PriceOverride]:
@@ -120,7 +133,7 @@ def _overrides(settings: Settings) -> dict[tuple[str, str], PriceOverride]:
 def group_price(provider: str, model: str, when: dt.datetime, settings: Settings) -> GroupPrice:
     listed = catalog_prices(provider, model, when)
     override = _overrides(settings).get((provider, model))
-    paid = _override_prices(override) if override is not None else listed
+    paid = price_list(override.catalog_prices()) if override is not None else listed
     if listed is None:
         listed = paid
     discount = settings.pricing.discounts.get(provider)
@@ -132,26 +145,21 @@ def group_price(provider: str, model: str, when: dt.datetime, settings: Settings
 # ------------------------------------------------------------------ vectorised core
 
 
-def _token_matrix(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """[rows, 4] int64 token counts by price kind, and total input (for tier choice)."""
-    inp = pc.fill_null(batch.column("input_tokens"), 0).to_numpy().astype(np.int64)
-    out = pc.fill_null(batch.column("output_tokens"), 0).to_numpy().astype(np.int64)
-    cr = pc.fill_null(batch.column("cache_read_tokens"), 0).to_numpy().astype(np.int64)
-    cw = pc.fill_null(batch.column("cache_write_tokens"), 0).to_numpy().astype(np.int64)
-    uncached = np.maximum(inp - cr - cw, 0)
-    return np.stack([uncached, out, cr, cw], axis=1), inp
+def _total_input(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    return pc.fill_null(batch.column("input_tokens"), 0).to_numpy().astype(np.int64)
 
 
-def _cost_pico(prices: PriceList, tokens: np.ndarray, total_input: np.ndarray) -> np.ndarray:
+def _cost_pico(prices: PriceList, counts: np.ndarray, total_input: np.ndarray) -> np.ndarray:
     segment = np.searchsorted(np.asarray(prices.starts, dtype=np.int64), total_input, side="left")
-    table = prices.pico_per_token()
+    table = prices.pico_per_count()
     if table is not None:
-        return np.einsum("ij,ij->i", tokens, table[segment])
-    out = np.empty(len(tokens), dtype=np.int64)  # rare: a price with > 6 decimals per Mtok
-    for row in range(len(tokens)):
+        return np.einsum("ij,ij->i", counts, table[segment])
+    out = np.empty(len(counts), dtype=np.int64)  # rare: a price not integral per count
+    divisors = [Decimal(d) for d in prices.divisors()]
+    for row in range(len(counts)):
         seg = prices.segments[int(segment[row])]
-        pairs = zip(tokens[row], seg, strict=True)
-        exact = sum((Decimal(int(t)) * p / MTOK for t, p in pairs), Decimal(0))
+        terms = zip(counts[row], seg, divisors, strict=True)
+        exact = sum((Decimal(int(c)) * p / d for c, p, d in terms), Decimal(0))
         out[row] = to_pico(exact)
     return out
 
@@ -161,6 +169,23 @@ def _days(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
     return ts // _US_PER_DAY
 
 
+@dataclass
+class _Priced:
+    """Per-row pricing outcome; `unit_missing` rows were not priced for lack of a unit."""
+
+    paid: np.ndarray
+    listed: np.ndarray
+    priced: np.ndarray
+    has_list: np.ndarray
+    unit_missing: np.ndarray
+
+
+def _usage_columns(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    names = [n for n in (*TOKEN_COLUMNS, *BILLED_UNITS) if n in batch.column_names]
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    return table.select(names)
+
+
 def _price_rows(
     batch: pa.RecordBatch | pa.Table,
     providers: pa.Array,
@@ -168,19 +193,17 @@ def _price_rows(
     mask: np.ndarray,
     settings: Settings,
     count_unpriced: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(paid pico, list pico, priced?, listed?) for rows where mask is true."""
+) -> _Priced:
+    """Paid and list pico-dollars for rows where mask is true, and which rows got a price."""
     n = len(batch)
-    paid = np.zeros(n, dtype=np.int64)
-    listed = np.zeros(n, dtype=np.int64)
-    priced = np.zeros(n, dtype=bool)
-    has_list = np.zeros(n, dtype=bool)
+    out = _Priced(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                  np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
     if not mask.any():
-        return paid, listed, priced, has_list
-    tokens, total_input = _token_matrix(batch)
-    days = _days(batch)
+        return out
+    usage = _usage_columns(batch)
+    total_input = _total_input(batch)
     keys = pa.table({
-        "p": providers, "m": models, "d": pa.array(days), "i": pa.array(np.arange(n)),
+        "p": providers, "m": models, "d": pa.array(_days(batch)), "i": pa.array(np.arange(n)),
     }).filter(pa.array(mask))
     groups = keys.group_by(["p", "m", "d"], use_threads=False).aggregate([("i", "list")])
     ts_us = batch.column("timestamp").cast(pa.int64()).to_numpy()
@@ -195,12 +218,27 @@ def _price_rows(
                 if count_unpriced:
                     UNPRICED.labels(provider, model).inc(len(sub))
                 continue
-            paid[sub] = _cost_pico(price.paid, tokens[sub], total_input[sub])
-            priced[sub] = True
+            rows_usage = usage.take(pa.array(sub))
+            counts, missing = leaf_counts(rows_usage, price.paid.units)
+            if missing.any():
+                out.unit_missing[sub[missing]] = True
+                if count_unpriced:
+                    _count_missing(provider, model, price.paid.units, int(missing.sum()))
+                sub, counts, rows_usage = (sub[~missing], counts[~missing],
+                                           rows_usage.filter(pa.array(~missing)))
+            out.paid[sub] = _cost_pico(price.paid, counts, total_input[sub])
+            out.priced[sub] = True
             if price.list_ is not None:
-                listed[sub] = _cost_pico(price.list_, tokens[sub], total_input[sub])
-                has_list[sub] = True
-    return paid, listed, priced, has_list
+                if price.list_.units != price.paid.units:
+                    counts, _ = leaf_counts(rows_usage, price.list_.units)
+                out.listed[sub] = _cost_pico(price.list_, counts, total_input[sub])
+                out.has_list[sub] = True
+    return out
+
+
+def _count_missing(provider: str, model: str, units: PricedUnits, rows: int) -> None:
+    unit = ",".join(units.uncarried or units.required)
+    UNPRICED_UNIT.labels(provider, model, unit).inc(rows)
 
 
 def _effective_slices(provider: str, model: str, day: int, rows: np.ndarray, ts_us: np.ndarray,
@@ -229,18 +267,21 @@ def price_batch(
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Price external rows: (cost, list_cost, pricing_status) aligned with `batch`.
 
-    External rows: status 'priced' or 'unpriced' (cost 0, list_cost null). Internal rows get
+    External rows: status 'priced', 'unpriced' or 'unpriced_unit' (both: cost 0, list_cost
+    null). Internal rows get
     cost 0, list_cost null and status null: their cost comes from GPU allocation.
     """
     external = ~internal_mask(batch, settings)
-    paid, listed, priced, has_list = _price_rows(
+    result = _price_rows(
         batch, batch.column("provider"), batch.column("model"), external, settings, True
     )
-    status = pc.if_else(pa.array(external), pc.if_else(pa.array(priced), "priced", "unpriced"),
+    unpriced = pc.if_else(pa.array(result.unit_missing), "unpriced_unit", "unpriced")
+    status = pc.if_else(pa.array(external),
+                        pc.if_else(pa.array(result.priced), "priced", unpriced),
                         pa.scalar(None, pa.string()))
     return (
-        pico_to_money(paid),
-        pico_to_money(listed, has_list),
+        pico_to_money(result.paid),
+        pico_to_money(result.listed, result.has_list),
         status,
     )
 
@@ -263,11 +304,12 @@ def shadow_models(batch: pa.RecordBatch | pa.Table, settings: Settings) -> pa.Ar
 def shadow_price_batch(batch: pa.RecordBatch | pa.Table, settings: Settings) -> pa.Array:
     """What the reference external model would charge (paid price) for each internal row.
 
-    Null for external rows and when the reference model itself has no price.
+    Null for external rows, when the reference model itself has no price, and when the row
+    lacks the unit the reference bills in (an own TTS request without characters).
     """
     internal = internal_mask(batch, settings)
     providers = pa.repeat(pa.scalar(settings.providers.shadow_provider, pa.string()), len(batch))
-    paid, _, priced, _ = _price_rows(
+    result = _price_rows(
         batch, providers, shadow_models(batch, settings), internal, settings, False
     )
-    return pico_to_money(paid, internal & priced)
+    return pico_to_money(result.paid, internal & result.priced)

@@ -13,8 +13,17 @@ import pyarrow as pa
 from hypothesis import strategies as st
 
 from costpipe.core.settings import IngestSettings
-from costpipe.schemas.codec import FRACTION, NON_NEGATIVE, PERCENT, POSITIVE, TOKEN_FIELDS
-from costpipe.schemas.records import MAX_TOKENS, PROVIDER_KINDS, STATUSES
+from costpipe.schemas.codec import (
+    COUNT_UNITS,
+    FRACTION,
+    NON_NEGATIVE,
+    PARTS,
+    PERCENT,
+    POSITIVE,
+    SECONDS_UNITS,
+    TOKEN_FIELDS,
+)
+from costpipe.schemas.records import MAX_AUDIO_SECONDS, MAX_TOKENS, PROVIDER_KINDS, STATUSES
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 MAX_EVENT_AGE = dt.timedelta(days=IngestSettings().max_age_days)
@@ -28,8 +37,10 @@ def value(field: pa.Field) -> st.SearchStrategy[Any]:
         return st.sampled_from(PROVIDER_KINDS)
     if name == "status":
         return st.sampled_from(STATUSES)
-    if name in TOKEN_FIELDS:
+    if name in TOKEN_FIELDS or name in COUNT_UNITS:
         return st.integers(0, MAX_TOKENS)
+    if name in SECONDS_UNITS:
+        return st.floats(0, MAX_AUDIO_SECONDS, allow_nan=False)
     if name in NON_NEGATIVE:
         if pa.types.is_integer(type_):
             return st.integers(0, 2**62)
@@ -78,4 +89,10 @@ def _consistent_tokens(row: dict[str, Any]) -> dict[str, Any]:
     total = row["input_tokens"]
     row["cache_read_tokens"] = min(row["cache_read_tokens"], total)
     row["cache_write_tokens"] = min(row["cache_write_tokens"], total - row["cache_read_tokens"])
+    for parent, parts in PARTS.items():  # parents before their parts' own parts
+        room = row.get(parent) or 0
+        for name in parts:
+            if row.get(name) is not None:
+                row[name] = min(row[name], room)
+                room -= row[name]
     return row

@@ -148,6 +148,14 @@ UNPRICED = _counter(
     ("provider", "model"), "worker",
     "Requests whose model has no price (cost recorded as 0)",
 )
+UNPRICED_UNIT = _counter(
+    "costpipe_unpriced_unit_requests",
+    "Requests whose model is priced in a unit the request did not report; cost recorded as 0",
+    ("provider", "model", "unit"), "worker",
+    "Requests whose model's price is in a unit the request did not report (`unit`, e.g. "
+    "`input_characters` for a speech model): cost recorded as 0, pricing_status "
+    "`unpriced_unit`",
+)
 GPU_UNATTRIBUTED = _counter(
     "costpipe_gpu_unattributed_requests",
     "Own-model requests with no GPU samples for their bucket (cost 0)", (), "worker",

@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -179,18 +180,48 @@ class PriceOverride(_Section):
 
     provider: str
     model: str
-    input_per_mtok: Decimal = Field(ge=0)
-    output_per_mtok: Decimal = Field(ge=0)
+    input_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_per_mtok: Decimal | None = Field(default=None, ge=0)
     cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
     cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+    input_audio_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_audio_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_audio_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    input_image_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_image_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_image_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    input_per_mchars: Decimal | None = Field(default=None, ge=0)
+    input_audio_per_hour: Decimal | None = Field(default=None, ge=0)
+    output_audio_per_hour: Decimal | None = Field(default=None, ge=0)
+
+    def catalog_prices(self) -> dict[str, Decimal]:
+        """The prices this override states, by the catalog's price key (`input_mtok`, ...)."""
+        out: dict[str, Decimal] = {}
+        for name, value in self.model_dump().items():
+            if value is None or name in ("provider", "model"):
+                continue
+            key = name.replace("_per_mtok", "_mtok").replace("_per_mchars", "_mchars")
+            out[key.replace("_per_hour", "_hours")] = value
+        return out
+
+    @model_validator(mode="after")
+    def _some_price(self) -> PriceOverride:
+        if not self.catalog_prices():
+            raise ValueError(f"override for {self.provider}/{self.model} states no price: give "
+                             "input_per_mtok/output_per_mtok, input_per_mchars or "
+                             "input_audio_per_hour (see the README's pricing section)")
+        return self
 
 
 class PricingSettings(_Section):
     overrides: list[PriceOverride] = Field(
         default_factory=list,
-        description="`[[pricing.overrides]]` provider, model, input_per_mtok, "
-        "output_per_mtok, cache_read_per_mtok, cache_write_per_mtok: a model the catalog "
-        "lacks, or your contract price")
+        description="`[[pricing.overrides]]` provider, model and any of input_per_mtok, "
+        "output_per_mtok, cache_read_per_mtok, cache_write_per_mtok, input_audio_per_mtok, "
+        "output_audio_per_mtok, cache_audio_read_per_mtok, input_image_per_mtok, "
+        "output_image_per_mtok, cache_image_read_per_mtok, input_per_mchars, "
+        "input_audio_per_hour, output_audio_per_hour: a model the catalog lacks, or your "
+        "contract price (the prices stated replace the catalog's for that model)")
     discounts: dict[str, Decimal] = Field(
         default_factory=dict,
         description="Contract discount per provider, e.g. `{openai = \"0.15\"}`",

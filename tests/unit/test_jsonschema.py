@@ -33,14 +33,14 @@ def test_checked_in_files_are_up_to_date() -> None:
 
 
 def test_request_event_schema_shape() -> None:
-    schema = json.loads((OUT_DIR / "request_event.v1.json").read_text(encoding="utf-8"))
+    schema = json.loads((OUT_DIR / "request_event.v2.json").read_text(encoding="utf-8"))
     props = schema["properties"]
     assert {"request_id", "timestamp", "operation", "provider", "model"} <= set(schema["required"])
     assert "cache_read_tokens" not in schema["required"]  # the JSON codec defaults it to 0
     assert props["timestamp"]["format"] == "date-time"
     assert props["input_tokens"]["x-otel-attribute"] == "gen_ai.usage.input_tokens"
     assert props["team"]["type"] == ["string", "null"]
-    cost = json.loads((OUT_DIR / "cost_record.v1.json").read_text(encoding="utf-8"))
+    cost = json.loads((OUT_DIR / "cost_record.v2.json").read_text(encoding="utf-8"))
     assert cost["properties"]["cost"]["type"] == "string"
     assert "pattern" in cost["properties"]["cost"]
 
