@@ -39,6 +39,12 @@ ALWAYS_ONE: Final = ("requests",)
 ADD_ON_FAMILIES: Final = frozenset({"tool_calls", "requests"})
 CARRIED: Final = (*TOKEN_COLUMNS, *BILLED_UNITS, *DERIVED, *ALWAYS_ONE)
 MS_PER_SECOND: Final = 1000
+# Minimum billed quantity per request that genai-prices applies in code, not in its data
+# (0.2.3, `ModelInfo.calc_price`): Groq bills Whisper at least 10 s of audio per request.
+MINIMUM_BILLED: Final[dict[tuple[str, str], tuple[str, float]]] = {
+    ("groq", "whisper-large-v3"): ("input_audio_seconds", 10.0),
+    ("groq", "whisper-large-v3-turbo"): ("input_audio_seconds", 10.0),
+}
 
 
 @lru_cache(maxsize=1)
@@ -86,6 +92,24 @@ def priced_units(price_keys: Mapping[str, object]) -> PricedUnits:
     required = tuple(u.usage_key for u in roots if u.usage_key in BILLED_UNITS
                      or u.usage_key in DERIVED)
     return PricedUnits(tuple(carried), required, uncarried)
+
+
+def with_minimums(usage: pa.Table, provider: str, model: str) -> pa.Table:
+    """`usage` with a provider's minimum billed audio applied, as genai-prices does: the
+    request's audio seconds (input + output), raised to the minimum when non-zero, billed as
+    input audio."""
+    rule = MINIMUM_BILLED.get((provider, model))
+    if rule is None or not set(SECONDS) <= set(usage.column_names):
+        return usage
+    name, minimum = rule
+    total = pc.add(pc.fill_null(usage.column(SECONDS[0]), 0.0),
+                   pc.fill_null(usage.column(SECONDS[1]), 0.0))
+    total = pc.if_else(pc.or_(pc.is_valid(usage.column(SECONDS[0])),
+                              pc.is_valid(usage.column(SECONDS[1]))), total, None)
+    raised = pc.if_else(pc.greater(total, 0), pc.max_element_wise(total, minimum), total)
+    usage = usage.set_column(usage.column_names.index(name), name, raised)
+    at = usage.column_names.index(SECONDS[1])
+    return usage.set_column(at, SECONDS[1], pa.nulls(len(usage), pa.float64()))
 
 
 def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.ChunkedArray | None:

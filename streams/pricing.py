@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from genai_prices import data_snapshot
-from genai_prices.types import TieredPrices
+from genai_prices.types import TieredPrices, TimeOfDateConstraint
 
 from costpipe.core.metrics import UNPRICED, UNPRICED_UNIT
 from costpipe.core.money import PICO, pico_to_money, to_pico
@@ -48,6 +48,7 @@ from costpipe.streams.price_units import (
     leaf_counts,
     priced_units,
     resolution,
+    with_minimums,
 )
 
 KINDS = ("input", "output", "cache_read", "cache_write")
@@ -218,7 +219,7 @@ def _price_rows(
                 if count_unpriced:
                     UNPRICED.labels(provider, model).inc(len(sub))
                 continue
-            rows_usage = usage.take(pa.array(sub))
+            rows_usage = with_minimums(usage.take(pa.array(sub)), provider, model)
             counts, missing = leaf_counts(rows_usage, price.paid.units)
             if missing.any():
                 out.unit_missing[sub[missing]] = True
@@ -241,17 +242,41 @@ def _count_missing(provider: str, model: str, units: PricedUnits, rows: int) -> 
     UNPRICED_UNIT.labels(provider, model, unit).inc(rows)
 
 
+@lru_cache(maxsize=4096)
+def _intraday_boundaries(provider: str, model: str) -> tuple[int, ...]:
+    """µs after UTC midnight where a time-of-day price (off-peak) may start or end; (0,) when
+    prices change only by date (the catalog's start dates are UTC days)."""
+    try:
+        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return (0,)
+    conditional = info.prices if isinstance(info.prices, list) else []
+    edges = {0}
+    for price in conditional:
+        constraint = getattr(price, "constraint", None)
+        if isinstance(constraint, TimeOfDateConstraint):
+            for t in (constraint.start_time, constraint.end_time):
+                utc = dt.datetime.combine(dt.date(2000, 1, 1), t)
+                if utc.tzinfo is not None:
+                    utc = utc.astimezone(dt.UTC).replace(tzinfo=None)
+                edges.add(((utc.hour * 60 + utc.minute) * 60 + utc.second) * 1_000_000
+                          + utc.microsecond)
+    return tuple(sorted(edges))
+
+
 def _effective_slices(provider: str, model: str, day: int, rows: np.ndarray, ts_us: np.ndarray,
                       settings: Settings):
-    """Usually one slice per day; if the catalog price changes within the day, one per instant."""
-    start = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=day * _US_PER_DAY)
-    end = start + dt.timedelta(days=1, microseconds=-1)
-    if catalog_prices(provider, model, start) == catalog_prices(provider, model, end):
-        yield start, rows
+    """One slice per UTC day, or per stretch of the day with one price (off-peak prices)."""
+    start_us = day * _US_PER_DAY
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    edges = np.asarray(_intraday_boundaries(provider, model), dtype=np.int64)
+    if len(edges) == 1:
+        yield epoch + dt.timedelta(microseconds=start_us), rows
         return
-    for instant in np.unique(ts_us[rows]):
-        when = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(instant))
-        yield when, rows[ts_us[rows] == instant]
+    stretch = np.searchsorted(edges, ts_us[rows] - start_us, side="right") - 1
+    for i in np.unique(stretch):
+        when = epoch + dt.timedelta(microseconds=start_us + int(edges[i]))
+        yield when, rows[stretch == i]
 
 
 def internal_mask(batch: pa.RecordBatch | pa.Table, settings: Settings) -> np.ndarray:
