@@ -7,6 +7,12 @@ caller did not, and hide that extra chunk from the caller so their loop sees wha
 When a server sends no usage at all, output tokens are estimated as the number of content
 chunks and input tokens as prompt characters / 4 (the length is read, the text never stored).
 
+Audio: `audio.speech.create` records the characters of `input`, usage tokens when the server
+reports them (stream_format="sse", gpt-4o-mini-tts) and the seconds of audio returned (wav/pcm);
+`audio.transcriptions.create` / `audio.translations.create` record the usage (tokens or
+seconds), else verbose_json's `duration`, else the seconds of the `file` argument when it is WAV
+(bytes, a path, a file object: only its header is read). Neither text nor audio is kept.
+
 Per-call tags and operation: `costpipe_tags={"team": ...}`, `costpipe_operation="..."` keyword
 arguments, removed before the call reaches the client. Per-client: `wrap_openai(..., tags=...)`.
 """
@@ -18,6 +24,13 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
+from costpipe.collectors.audio_units import (
+    WAV_HEAD_MAX,
+    audio_seconds,
+    file_seconds,
+    speech_sse_units,
+    usage_units,
+)
 from costpipe.collectors.sdk import Tracker
 
 _ENDPOINTS = {
@@ -27,7 +40,14 @@ _ENDPOINTS = {
     ("embeddings",): ("embeddings", "embeddings"),
     ("responses",): ("chat", "text"),
 }
+_AUDIO_ENDPOINTS = {
+    # attribute path -> (gen_ai operation name, default business operation), as the proxy's
+    ("audio", "speech"): ("speech", "speech"),
+    ("audio", "transcriptions"): ("transcription", "transcription"),
+    ("audio", "translations"): ("translation", "translation"),
+}
 _STREAM_OPTIONS_KINDS = ("chat", "text_completion")
+_TOKEN_FIELDS = ("input_tokens", "output_tokens")
 
 
 def wrap_openai(
@@ -38,7 +58,7 @@ def wrap_openai(
 ) -> Any:
     """Instrument `client` in place (and return it). `provider` names who serves the base_url:
     "openai" for the API, or one of settings.providers.internal for an own vLLM server."""
-    for path, (gen_ai_operation, default_operation) in _ENDPOINTS.items():
+    for path, (gen_ai_operation, default_operation) in (_ENDPOINTS | _AUDIO_ENDPOINTS).items():
         resource = client
         for name in path:
             resource = getattr(resource, name, None)
@@ -46,11 +66,22 @@ def wrap_openai(
                 break
         if resource is None or getattr(resource.create, "__costpipe__", False):
             continue
-        resource.create = _instrument(
+        instrument = _instrument_audio if path in _AUDIO_ENDPOINTS else _instrument
+        resource.create = instrument(
             resource.create, gen_ai_operation, operation or default_operation, dict(tags or {}),
             provider,
         )
     return client
+
+
+def _new_tracker(kwargs: dict[str, Any], gen_ai_operation: str, operation: str,
+                 tags: dict[str, str], provider: str) -> Tracker:
+    """A tracker for one call; removes our `costpipe_*` keywords from `kwargs`."""
+    call_tags = {**tags, **(kwargs.pop("costpipe_tags", None) or {})}
+    call_operation = kwargs.pop("costpipe_operation", None) or operation
+    fields: dict[str, Any] = {"gen_ai_operation": gen_ai_operation, "source": "sdk"}
+    fields.update({k: v for k, v in call_tags.items() if k in ("team", "app", "feature")})
+    return Tracker(call_operation, provider, str(kwargs.get("model") or "unknown"), fields)
 
 
 def _instrument(
@@ -58,16 +89,12 @@ def _instrument(
     provider: str,
 ) -> Callable[..., Any]:
     def begin(kwargs: dict[str, Any]) -> tuple[Tracker, bool, bool]:
-        call_tags = {**tags, **(kwargs.pop("costpipe_tags", None) or {})}
-        call_operation = kwargs.pop("costpipe_operation", None) or operation
+        tracker = _new_tracker(kwargs, gen_ai_operation, operation, tags, provider)
         stream = kwargs.get("stream") is True
         injected = False
         if stream and gen_ai_operation in _STREAM_OPTIONS_KINDS and "stream_options" not in kwargs:
             kwargs["stream_options"] = {"include_usage": True}
             injected = True
-        fields: dict[str, Any] = {"gen_ai_operation": gen_ai_operation, "source": "sdk"}
-        fields.update({k: v for k, v in call_tags.items() if k in ("team", "app", "feature")})
-        tracker = Tracker(call_operation, provider, str(kwargs.get("model") or "unknown"), fields)
         return tracker.start(), stream, injected
 
     async def finish_async(pending: Any, tracker: Tracker, stream: bool, injected: bool,
@@ -101,6 +128,151 @@ def _instrument(
 
     run.__costpipe__ = True  # type: ignore[attr-defined]
     return run
+
+
+def _instrument_audio(
+    create: Callable[..., Any], gen_ai_operation: str, operation: str, tags: dict[str, str],
+    provider: str,
+) -> Callable[..., Any]:
+    """Like `_instrument`, for speech, transcription and translation: their units are
+    characters, seconds and audio tokens, and a streamed transcript ends in `.done` usage."""
+    speech = gen_ai_operation == "speech"
+
+    def wrap(result: Any, call: _AudioRequest) -> Any:
+        if call.stream:
+            state = _TranscriptStreamState(call)
+            return (_AsyncStream(result, state) if hasattr(result, "__aiter__")
+                    else _SyncStream(result, state))
+        call.finish(result)
+        return result
+
+    async def finish_async(pending: Any, call: _AudioRequest) -> Any:
+        try:
+            result = await pending
+        except BaseException as exc:
+            call.tracker.finish(exc)
+            raise
+        return wrap(result, call)
+
+    @functools.wraps(create)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tracker = _new_tracker(kwargs, gen_ai_operation, operation, tags, provider)
+        call = _AudioRequest(tracker, kwargs, speech)  # reads the upload's header first
+        tracker.start()
+        try:
+            result = create(*args, **kwargs)
+        except BaseException as exc:
+            tracker.finish(exc)
+            raise
+        if inspect.isawaitable(result):  # AsyncOpenAI
+            return finish_async(result, call)
+        return wrap(result, call)
+
+    run.__costpipe__ = True  # type: ignore[attr-defined]
+    return run
+
+
+class _AudioRequest:
+    """One audio call: what its arguments say in billed units (never the text or audio)."""
+
+    __slots__ = ("characters", "response_format", "speech", "sse", "stream", "tracker",
+                 "upload_seconds")
+
+    def __init__(self, tracker: Tracker, kwargs: Mapping[str, Any], speech: bool) -> None:
+        self.tracker, self.speech = tracker, speech
+        text = kwargs.get("input")
+        self.characters = len(text) if speech and isinstance(text, str) else None
+        fmt = kwargs.get("response_format")
+        self.response_format = fmt if isinstance(fmt, str) else ("mp3" if speech else None)
+        self.sse = kwargs.get("stream_format") == "sse"
+        self.stream = not speech and kwargs.get("stream") is True
+        self.upload_seconds = None if speech else file_seconds(kwargs.get("file"))
+
+    def finish(self, result: Any) -> None:
+        """Record the units of a complete (non-streamed) result and emit the event."""
+        units = self.speech_units(result) if self.speech else self.transcript_units(result)
+        _record_units(self.tracker, units)
+        self.tracker.finish()
+
+    def speech_units(self, result: Any) -> dict[str, Any]:
+        units: dict[str, Any] = {"input_characters": self.characters}
+        body = _binary_body(result)
+        if body is None:  # e.g. with_streaming_response: the body is not read yet
+            return units
+        if self.sse or _content_type(result) == "text/event-stream":
+            units.update(speech_sse_units(body, self.response_format))
+        else:
+            units["output_audio_seconds"] = audio_seconds(
+                self.response_format, body[:WAV_HEAD_MAX], len(body))
+        return units
+
+    def transcript_units(self, result: Any) -> dict[str, Any]:
+        usage = _as_dict(getattr(result, "usage", None))
+        if usage:
+            return usage_units(usage, speech=False)
+        duration = getattr(result, "duration", None)  # verbose_json
+        if isinstance(duration, int | float) and not isinstance(duration, bool):
+            return {"input_audio_seconds": float(duration)}
+        return {"input_audio_seconds": self.upload_seconds}
+
+
+class _TranscriptStreamState:
+    """A streamed transcription (`transcript.text.delta` ... `transcript.text.done`)."""
+
+    __slots__ = ("call", "done", "units")
+
+    def __init__(self, call: _AudioRequest) -> None:
+        self.call = call
+        self.units: dict[str, Any] | None = None
+        self.done = False
+
+    def observe(self, event: Any) -> bool:
+        kind = getattr(event, "type", None)
+        if kind == "transcript.text.delta":
+            self.call.tracker.first_token()
+        elif kind == "transcript.text.done":
+            usage = _as_dict(getattr(event, "usage", None))
+            if usage:
+                self.units = usage_units(usage, speech=False)
+        return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        units = self.units or {"input_audio_seconds": self.call.upload_seconds}
+        _record_units(self.call.tracker, units)
+        self.call.tracker.finish(error)
+
+
+def _record_units(tracker: Tracker, units: Mapping[str, Any]) -> None:
+    tracker.usage(**{k: units[k] for k in _TOKEN_FIELDS if k in units})
+    tracker.set(**{k: v for k, v in units.items() if k not in _TOKEN_FIELDS and v is not None})
+
+
+def _binary_body(result: Any) -> bytes | None:
+    """The body of a speech result that has been read (HttpxBinaryResponseContent, a raw
+    response); None when reading it would consume a stream the caller has not read yet."""
+    try:
+        body = result.content  # httpx raises ResponseNotRead rather than read a stream
+    except Exception:  # not read (or no body at all): nothing measured, the call still recorded
+        return None
+    return body if isinstance(body, bytes) else None
+
+
+def _content_type(result: Any) -> str:
+    headers = getattr(getattr(result, "response", None), "headers", None)
+    value = headers.get("content-type", "") if headers is not None else ""
+    return str(value).split(";")[0].strip().lower()
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else {}
 
 
 def _apply_usage(tracker: Tracker, result: Any) -> bool:
@@ -199,7 +371,7 @@ def _has_content(choice: Any) -> bool:
 class _SyncStream:
     """Transparent proxy over `openai.Stream` that records TTFT, usage and the end."""
 
-    def __init__(self, inner: Any, state: _StreamState) -> None:
+    def __init__(self, inner: Any, state: _StreamState | _TranscriptStreamState) -> None:
         self._inner, self._state = inner, state
         self._chunks = self._generate()
 
@@ -244,7 +416,7 @@ class _SyncStream:
 class _AsyncStream:
     """Transparent proxy over `openai.AsyncStream`."""
 
-    def __init__(self, inner: Any, state: _StreamState) -> None:
+    def __init__(self, inner: Any, state: _StreamState | _TranscriptStreamState) -> None:
         self._inner, self._state = inner, state
         self._chunks = self._generate()
 

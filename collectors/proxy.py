@@ -11,6 +11,10 @@ Measured per call: tokens (from `usage`; for streaming chat/completions the prox
 usage-only chunk so the client sees exactly the stream it asked for; if the upstream still sends
 no usage, tokens are estimated: output = content chunks, input = request chars / 4), latency,
 time to first token, status and error type, operation and tags from `X-Costpipe-*` headers.
+Audio calls carry their billed units instead of estimates: speech the characters of `input`,
+usage tokens (gpt-4o-mini-tts, SSE) and the seconds of audio returned (wav/pcm, counted as it
+streams); transcription/translation the usage (tokens or seconds), else verbose_json's
+`duration`, else the seconds of the uploaded WAV (its header read in place, see audio_units).
 
 Auth: when a token is configured, clients must send `X-Costpipe-Token: <token>`. A separate
 header (not `Authorization`) because `Authorization` carries the upstream API key, which is
@@ -36,6 +40,13 @@ from typing import Any
 
 from yarl import URL
 
+from costpipe.collectors.audio_units import (
+    WAV_HEAD_MAX,
+    AudioMeter,
+    audio_seconds,
+    sse_audio_bytes,
+    usage_units,
+)
 from costpipe.collectors.events import EventSink, request_event
 from costpipe.collectors.http_client import UpstreamConnection, UpstreamPool
 from costpipe.collectors.http_server import (
@@ -58,7 +69,13 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/completions": ("text_completion", "text_completion"),
     "/v1/embeddings": ("embeddings", "embeddings"),
     "/v1/responses": ("responses", "chat"),
+    "/v1/audio/speech": ("speech", "speech"),
+    "/v1/audio/transcriptions": ("transcription", "transcription"),
+    "/v1/audio/translations": ("translation", "translation"),
 }
+SPEECH_ROUTE = "/v1/audio/speech"
+UPLOAD_ROUTES = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+FORM_FIELDS = frozenset({"model"})  # all we read of a form besides the file's header
 USAGE_INJECT_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 HOP_BY_HOP = frozenset(h.lower().encode() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
@@ -67,8 +84,11 @@ HOP_BY_HOP = frozenset(h.lower().encode() for h in (
 MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_REQUEST_BODY = 64 * 1024 * 1024
 SHUTDOWN_GRACE_S = 10.0  # on SIGTERM, streams in flight get this long to finish
-_CONTENT = re.compile(rb'"(?:content|text|delta|arguments)"\s*:\s*"[^"]')
+_CONTENT = re.compile(rb'"(?:content|text|delta|arguments|audio)"\s*:\s*"[^"]')
 _NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_PART_NAME = re.compile(rb'(?:^|[;\s])name="([^"]*)"', re.IGNORECASE)
+_FINAL_AUDIO_EVENTS = frozenset({"speech.audio.done", "transcript.text.done"})
 
 REQUESTS = PROXY_REQUESTS
 
@@ -98,15 +118,88 @@ def usage_tokens(usage: dict[str, Any]) -> dict[str, int]:
     }
 
 
+@dataclass
+class AudioCall:
+    """The request side of an audio call: what it is and what it sent, in billed units only."""
+
+    speech: bool
+    response_format: str | None = None  # speech: the audio format asked for
+    input_characters: int | None = None
+    upload_seconds: float | None = None
+
+    def units(self, tracker: ResponseTracker | None) -> dict[str, Any]:
+        """Event fields: reported usage first, then what the proxy measured."""
+        units: dict[str, Any] = {"input_characters": self.input_characters}
+        usage = tracker.usage if tracker is not None else None
+        if usage is not None:
+            units.update(usage_units(usage, speech=self.speech))
+        if self.speech:
+            meter = tracker.meter if tracker is not None else None
+            units["output_audio_seconds"] = meter.seconds() if meter is not None else None
+        elif usage is None:  # tokens or seconds reported win over a measurement
+            duration = tracker.duration if tracker is not None else None
+            units["input_audio_seconds"] = (
+                duration if duration is not None else self.upload_seconds)
+        return units
+
+
+def speech_call(doc: dict[str, Any]) -> AudioCall:
+    """`POST /v1/audio/speech` JSON -> AudioCall; the text's length is kept, not the text."""
+    text = doc.get("input")
+    fmt = doc.get("response_format")
+    return AudioCall(speech=True, response_format=fmt if isinstance(fmt, str) else "mp3",
+                     input_characters=len(text) if isinstance(text, str) else None)
+
+
+def read_form(body: bytes, content_type: str | None) -> tuple[dict[str, str], float | None]:
+    """The few small fields we need from a multipart upload, and the seconds of its `file`
+    when that is WAV. Only part headers and the file's first WAV_HEAD_MAX bytes are copied;
+    the rest of the body is only searched for the next boundary."""
+    match = _BOUNDARY.search(content_type or "")
+    if match is None:
+        return {}, None
+    delimiter = b"\r\n--" + match.group(1).encode("latin-1")
+    fields: dict[str, str] = {}
+    seconds: float | None = None
+    pos = body.find(delimiter[2:])  # the first boundary may open the body without a CRLF
+    while pos >= 0 and not body.startswith(b"--", pos + len(delimiter) - 2):  # not the end
+        head_start = body.find(b"\r\n", pos) + 2
+        head_end = body.find(b"\r\n\r\n", head_start - 2, head_start + 8192)
+        if head_start < 2 or head_end < 0:
+            break
+        start = head_end + 4
+        end = body.find(delimiter, start)
+        if end < 0:
+            break
+        headers = body[head_start:head_end]
+        name = _PART_NAME.search(headers)
+        key = name.group(1).decode("latin-1") if name else ""
+        if key == "file":
+            seconds = audio_seconds(None, body[start:min(end, start + WAV_HEAD_MAX)], end - start)
+        elif key in FORM_FIELDS and end - start <= 256:
+            fields[key] = body[start:end].decode("utf-8", "replace").strip()
+        pos = end + 2
+    return fields, seconds
+
+
 class ResponseTracker:
     """Watches the response bytes on their way to the client; keeps counts, never text."""
 
-    def __init__(self, *, sse: bool, strip_usage_chunk: bool, start: float) -> None:
+    def __init__(self, *, sse: bool, strip_usage_chunk: bool, start: float,
+                 meter: AudioMeter | None = None, keep_body: bool = True,
+                 find_model: bool = True) -> None:
+        """`meter` counts an audio body (or pcm SSE deltas) instead of keeping it;
+        `keep_body=False` skips a body that is not JSON; `find_model=False` for streams whose
+        events carry no model (audio), so their events are parsed only for usage."""
         self.sse = sse
         self.strip = sse and strip_usage_chunk
         self.start = start
+        self.meter = meter
+        self.keep_body = keep_body
+        self.find_model = find_model
         self.first_token_at: float | None = None
         self.usage: dict[str, Any] | None = None
+        self.duration: float | None = None
         self.model: str | None = None
         self.error_type: str | None = None
         self.content_events = 0
@@ -118,7 +211,9 @@ class ResponseTracker:
     def feed(self, chunk: bytes) -> bytes:
         """Return what to send to the client now."""
         if not self.sse:
-            if not self._body_overflow:
+            if self.meter is not None:
+                self.meter.feed(chunk)
+            elif self.keep_body and not self._body_overflow:
                 if len(self._body) + len(chunk) <= MAX_JSON_BODY:
                     self._body += chunk
                 else:
@@ -167,6 +262,9 @@ class ResponseTracker:
             self.usage = doc["usage"]
         if isinstance(doc.get("model"), str):
             self.model = doc["model"]
+        duration = doc.get("duration")  # verbose_json transcription/translation
+        if isinstance(duration, int | float) and not isinstance(duration, bool):
+            self.duration = float(duration)
         error = doc.get("error")
         if isinstance(error, dict):
             kind = error.get("type") or error.get("code")
@@ -194,7 +292,10 @@ class ResponseTracker:
                 self.first_token_at = time.perf_counter()
         if b"[DONE]" in event:
             self.done = True
-        wants_parse = self.model is None or (b'"usage"' in event and not _NULL_USAGE.search(event))
+        if self.meter is not None:
+            self.meter.count(sse_audio_bytes(event))
+        wants_parse = (self.find_model and self.model is None) or (
+            b'"usage"' in event and not _NULL_USAGE.search(event))
         if not wants_parse:
             return True
         payload = b"".join(
@@ -213,7 +314,8 @@ class ResponseTracker:
             self.model = inner["model"]
         if isinstance(inner.get("usage"), dict):
             self.usage = inner["usage"]
-            if doc.get("choices") == [] or doc.get("type") == "response.completed":
+            if doc.get("choices") == [] or doc.get("type") == "response.completed" or (
+                    doc.get("type") in _FINAL_AUDIO_EVENTS):
                 self.done = True  # the final usage chunk: nothing but [DONE] follows
             if self.strip and doc.get("choices") == []:
                 return False
@@ -304,7 +406,9 @@ class Proxy:
         error_type = exchange.error_type
         model = exchange.model
         response_model = tracker.model if tracker else None
-        if tracker is not None and tracker.usage is not None:
+        if exchange.audio is not None:
+            tokens = exchange.audio.units(tracker) if status_code < 400 else {}
+        elif tracker is not None and tracker.usage is not None:
             tokens = usage_tokens(tracker.usage)
         else:
             tokens = {
@@ -360,6 +464,7 @@ class _Exchange:
         self.route = ROUTES.get(self.path) if request.method == "POST" else None
         self.body = request.body
         self.model: str | None = None
+        self.audio: AudioCall | None = None
         self.injected = False
         self.tracker: ResponseTracker | None = None
         self.status_code = 502
@@ -372,6 +477,9 @@ class _Exchange:
     def _rewrite_body(self) -> None:
         """Read the few request fields the event needs; add include_usage when streaming.
         The parsed body is not kept: it holds the prompt, for as long as the stream lasts."""
+        if self.path in UPLOAD_ROUTES:
+            self._read_upload()
+            return
         try:
             parsed = json.loads(self.body) if self.body else {}
             doc = parsed if isinstance(parsed, dict) else {}
@@ -379,6 +487,8 @@ class _Exchange:
             doc = {}
         model = doc.get("model")
         self.model = model if isinstance(model, str) else None
+        if self.path == SPEECH_ROUTE:
+            self.audio = speech_call(doc)
         if (self.proxy.config.inject_usage and doc.get("stream") is True
                 and self.path in USAGE_INJECT_ROUTES):
             options = doc.get("stream_options")
@@ -386,6 +496,25 @@ class _Exchange:
                 doc["stream_options"] = {**(options or {}), "include_usage": True}
                 self.body = json.dumps(doc, separators=(",", ":")).encode()
                 self.injected = True
+
+    def _read_upload(self) -> None:
+        """Transcription/translation: a multipart form, forwarded as is."""
+        fields, seconds = read_form(self.body, self.request.header(b"content-type"))
+        self.model = fields.get("model")
+        self.audio = AudioCall(speech=False, upload_seconds=seconds)
+
+    def _tracker(self, sse: bool, content_type: bytes) -> ResponseTracker:
+        """Audio responses are metered, not kept: speech audio is counted as it passes, and a
+        transcript is read only when it is JSON (its usage, its duration)."""
+        audio = self.audio
+        if audio is None:
+            return ResponseTracker(sse=sse, strip_usage_chunk=self.injected, start=self.start)
+        json_body = content_type.split(b";")[0].strip().lower() == b"application/json"
+        meter = None
+        if audio.speech and (audio.response_format == "pcm" if sse else not json_body):
+            meter = AudioMeter(audio.response_format)
+        return ResponseTracker(sse=sse, strip_usage_chunk=False, start=self.start, meter=meter,
+                               keep_body=json_body, find_model=False)
 
     def _head(self) -> bytes:
         proxy = self.proxy
@@ -481,7 +610,7 @@ class _Exchange:
             if lower not in HOP_BY_HOP:
                 out.append((name, value))
         sse = content_type.split(b";")[0].strip().lower() == b"text/event-stream"
-        self.tracker = ResponseTracker(sse=sse, strip_usage_chunk=self.injected, start=self.start)
+        self.tracker = self._tracker(sse, content_type)
         if self.reply.finished:
             return
         bodyless = self.request.method == "HEAD" or status in (204, 304)

@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 
 from costpipe.collectors.producer import BatchingProducer, producer_for
 from costpipe.core.settings import Settings, get_settings
+from costpipe.schemas.records import BILLED_UNITS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _TAG_FIELDS = ("team", "app", "feature")
 _EXTRA_FIELDS = frozenset(
-    {"gen_ai_operation", "response_model", "host", "gpu_uuid", "ttft_ms", "source", *_TAG_FIELDS}
+    {"gen_ai_operation", "response_model", "host", "gpu_uuid", "ttft_ms", "source", *_TAG_FIELDS,
+     *BILLED_UNITS}  # audio/image units: characters, seconds, audio tokens (set via set())
 )
 
 

@@ -3,7 +3,10 @@
 Why: tests must not call real providers; this stub behaves like OpenAI / vLLM for the parts the
 proxy depends on: JSON bodies with `usage`, SSE streams (with the usage chunk only when
 `stream_options.include_usage` is true, unless `usage_in_stream=False` mimics a server that
-never sends one), error statuses, and pass-through paths such as GET /v1/models.
+never sends one), error statuses, and pass-through paths such as GET /v1/models. Audio too:
+speech answers audio whose length tests can compute (`speech_seconds`), chunked like OpenAI's,
+or SSE deltas with usage for gpt-4o-mini-tts; transcription/translation read the uploaded WAV
+and answer usage as OpenAI bills it (whisper-1: whole seconds; gpt-4o-*: tokens).
 
 Knobs come from the request's `model`: `fail-<status>` answers that HTTP error;
 `max_tokens` sets the number of streamed content chunks.
@@ -12,9 +15,13 @@ Knobs come from the request's `model`: `fail-<status>` answers that HTTP error;
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import math
 import socket
 import time
+import wave
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +29,49 @@ from aiohttp import web
 
 PROMPT_TOKENS = 7
 CACHED_TOKENS = 2
+SPEECH_BYTES_PER_CHAR = 2_400  # of 24 kHz 16-bit mono pcm: 0.05 s of speech per character
+PCM_RATE = 24_000
+TRANSCRIPT = "the quick brown fox jumps over the lazy dog"
+AUDIO_TOKENS_PER_SECOND = 10  # gpt-4o-transcribe usage: input audio tokens = seconds * 10
+TEXT_TOKENS = 3  # gpt-4o-transcribe usage: the text part of input tokens
+NOT_WAV_SECONDS = 3.0  # what the stub "hears" in an upload it cannot decode
+
+
+def speech_pcm(text: str) -> bytes:
+    """The pcm samples the stub speaks for `text` (a fixed pattern, len(text) * 0.05 s)."""
+    n = len(text) * SPEECH_BYTES_PER_CHAR
+    return (bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+def speech_seconds(text: str) -> float:
+    return len(text) * SPEECH_BYTES_PER_CHAR / (2 * PCM_RATE)
+
+
+def speech_usage(text: str) -> dict[str, int]:
+    """gpt-4o-mini-tts usage in `speech.audio.done`: output tokens are audio tokens."""
+    inp, out = len(text) // 4 + 1, len(text) * 2
+    return {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out}
+
+
+def wav_file(pcm: bytes, rate: int = PCM_RATE, width: int = 2, channels: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(width)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def transcription_usage(model: str, seconds: float) -> dict[str, Any]:
+    """Usage as OpenAI reports it: whisper-1 bills whole seconds, gpt-4o-* tokens."""
+    if model == "whisper-1":
+        return {"type": "duration", "seconds": math.ceil(seconds)}
+    audio = round(seconds * AUDIO_TOKENS_PER_SECOND)
+    output = len(TRANSCRIPT.split())
+    return {"type": "tokens", "input_tokens": audio + TEXT_TOKENS, "output_tokens": output,
+            "total_tokens": audio + TEXT_TOKENS + output,
+            "input_token_details": {"text_tokens": TEXT_TOKENS, "audio_tokens": audio}}
 
 
 @dataclass
@@ -38,6 +88,9 @@ class StubUpstream:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/audio/speech", self.speech)
+        app.router.add_post("/v1/audio/transcriptions", self.transcriptions)
+        app.router.add_post("/v1/audio/translations", self.translations)
         app.router.add_get("/v1/models", self.models)
         return app
 
@@ -129,6 +182,70 @@ class StubUpstream:
                       "input_tokens_details": {"cached_tokens": 1},
                       "output_tokens_details": {"reasoning_tokens": 0}},
         })
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._read(request)
+        if (failed := self._fail(doc)) is not None:
+            return failed
+        text, fmt = str(doc["input"]), doc.get("response_format") or "mp3"
+        pcm = speech_pcm(text)
+        if doc.get("stream_format") == "sse":
+            audio = pcm if fmt == "pcm" else wav_file(pcm)
+            deltas = [{"type": "speech.audio.delta",
+                       "audio": base64.b64encode(audio[i:i + 6000]).decode()}
+                      for i in range(0, len(audio), 6000)]
+            done: dict[str, Any] = {"type": "speech.audio.done"}
+            if doc["model"] == "gpt-4o-mini-tts":
+                done["usage"] = speech_usage(text)
+            return await self._sse(request, [json.dumps(e) for e in [*deltas, done]])
+        body = {"wav": wav_file(pcm), "pcm": pcm}.get(fmt, b"ID3\x04" + pcm[: len(pcm) // 10])
+        response = web.StreamResponse(headers={"Content-Type": f"audio/{fmt}"})
+        await response.prepare(request)  # chunked, no Content-Length: as OpenAI sends audio
+        for i in range(0, len(body), 8192):
+            await response.write(body[i:i + 8192])
+        await response.write_eof()
+        return response
+
+    async def _read_form(self, request: web.Request) -> tuple[dict[str, str], float | None]:
+        form = await request.post()
+        upload = form["file"]
+        data = upload.file.read() if isinstance(upload, web.FileField) else b""
+        fields = {k: str(v) for k, v in form.items() if k != "file"}
+        self.requests.append({**fields, "file_bytes": len(data)})
+        self.headers.append(dict(request.headers))
+        try:
+            with wave.open(io.BytesIO(data)) as audio:
+                return fields, audio.getnframes() / audio.getframerate()
+        except (wave.Error, EOFError):
+            return fields, None
+
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        return await self._transcript(request, translate=False)
+
+    async def translations(self, request: web.Request) -> web.StreamResponse:
+        return await self._transcript(request, translate=True)
+
+    async def _transcript(self, request: web.Request, translate: bool) -> web.StreamResponse:
+        fields, seconds = await self._read_form(request)
+        if (failed := self._fail(fields)) is not None:
+            return failed
+        seconds = NOT_WAV_SECONDS if seconds is None else seconds
+        model, fmt = fields["model"], fields.get("response_format", "json")
+        usage = transcription_usage(model, seconds)
+        if fields.get("stream") == "true" and model != "whisper-1" and not translate:
+            events = [{"type": "transcript.text.delta", "delta": word + " "}
+                      for word in TRANSCRIPT.split()]
+            events.append({"type": "transcript.text.done", "text": TRANSCRIPT, "usage": usage})
+            return await self._sse(request, [json.dumps(e) for e in events])
+        if fmt in ("text", "srt", "vtt"):
+            return web.Response(text=TRANSCRIPT + "\n", content_type="text/plain")
+        doc: dict[str, Any] = {"text": TRANSCRIPT}
+        if fmt == "verbose_json":
+            doc = {"task": "translate" if translate else "transcribe", "language": "english",
+                   "duration": seconds, **doc, "segments": []}
+        if not translate:  # OpenAI's translations report no usage
+            doc["usage"] = usage
+        return web.json_response(doc)
 
     async def models(self, request: web.Request) -> web.Response:
         self.headers.append(dict(request.headers))
