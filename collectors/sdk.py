@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import pyarrow as pa
+
 from costpipe.collectors.producer import BatchingProducer, producer_for
 from costpipe.core.settings import Settings, get_settings
 from costpipe.schemas.records import BILLED_UNITS
@@ -138,9 +140,20 @@ class Tracker:
         output_tokens: int | None = None,
         cache_read_tokens: int | None = None,
         cache_write_tokens: int | None = None,
+        **units: float | None,
     ) -> None:
-        """Token counts as reported by the provider (None leaves a count unchanged)."""
+        """Token counts as reported by the provider (None leaves a count unchanged), and any
+        other billed unit by its request-event name: `input_characters=`,
+        `input_audio_seconds=`, `output_audio_seconds=`, `input_audio_tokens=`, ..."""
+        unknown = set(units) - set(BILLED_UNITS)
+        if unknown:
+            raise TypeError(f"Tracker.usage() got unknown unit(s) {sorted(unknown)}; billed "
+                            f"units are {', '.join(BILLED_UNITS)}")
         event = self.event
+        for name, value in units.items():
+            if value is not None:
+                kind = BILLED_UNITS[name][0]
+                event[name] = float(value) if pa.types.is_floating(kind) else int(value)
         if input_tokens is not None:
             event["input_tokens"] = int(input_tokens)
         if output_tokens is not None:

@@ -50,6 +50,7 @@ class Route:
     model: str
     internal: bool
     weight: float
+    tokens: bool = True  # False: the API reports no tokens (tts-1 bills characters)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Workload:
     latency_ms_per_output_token: float
     routes: tuple[Route, ...]
     streaming: bool = True
+    speech: bool = False  # text in, audio out: reports characters and audio seconds
 
     @property
     def external(self) -> tuple[Route, ...]:
@@ -78,10 +80,11 @@ class Workload:
 
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("voice", 0.10, "generate_content", 80, 0.6, 600, 0.5, 0.0, 0.8, (
-        Route("openai", "gpt-4o-mini-tts", False, 1.0),
+    Workload("voice", 0.10, "speech", 80, 0.6, 600, 0.5, 0.0, 0.8, (
+        Route("openai", "tts-1", False, 0.6, tokens=False),
+        Route("openai", "gpt-4o-mini-tts", False, 0.4),
         Route("own-tts", "kokoro-82m", True, 1.0),
-    )),
+    ), speech=True),
     Workload("text", 0.35, "chat", 500, 0.9, 180, 0.8, 0.3, 12.0, (
         Route("openai", "gpt-4o-mini", False, 0.6),
         Route("anthropic", "claude-3-5-haiku", False, 0.4),
@@ -102,6 +105,8 @@ WORKLOADS: tuple[Workload, ...] = (
     ), streaming=False),
 )
 
+CHARACTERS_PER_TOKEN = 4  # text sent to speech
+SPOKEN_CHARACTERS_PER_S = 15.0
 GPU_CAPACITY_WORK_PER_S = 15000.0  # output-token equivalents one GPU serves per second at 100%
 IDLE_POWER_W, MAX_POWER_W = 75.0, 700.0
 GPU_MEMORY_BYTES = 80 * 1024**3
@@ -148,6 +153,7 @@ class ModelTotals:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    input_characters: int = 0
     list_cost: Decimal | None = None
 
 
@@ -170,6 +176,7 @@ class SimulationSummary:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    input_characters: int = 0
     expected_external_list_cost: Decimal = Decimal(0)
     unpriced_models: list[str] = field(default_factory=list)
     by_operation: dict[str, int] = field(default_factory=dict)
@@ -233,6 +240,8 @@ class _Fleet:
         self.operations = pa.array([w.name for w in WORKLOADS], pa.string())
         self.gen_ai_ops = pa.array([w.gen_ai_operation for w in WORKLOADS], pa.string())
         self.anthropic_route = np.array([r.provider == "anthropic" for r in self.routes])
+        self.token_route = np.array([r.tokens for r in self.routes])
+        self.speech_op = np.array([w.speech for w in WORKLOADS])
         # per workload: cumulative weights over its external / internal route indices
         self.ext_choices = [self._choices(w.external) for w in WORKLOADS]
         self.int_choices = [self._choices(w.internal) for w in WORKLOADS]
@@ -254,7 +263,7 @@ class _Tick:
     requests: pa.Table
     gpu: pa.Table | None
     route: np.ndarray
-    tokens: np.ndarray  # (n, 4): input, output, cache_read, cache_write
+    tokens: np.ndarray  # (n, 5): input, output, cache_read, cache_write, input_characters
     errors: np.ndarray
     op: np.ndarray
 
@@ -315,9 +324,15 @@ def _generate_tick(
     output_t = np.where(errors, 0, output_t)
     cache_read = np.where(errors, 0, cache_read)
     cache_write = np.where(errors, 0, cache_write)
+    speech = fleet.speech_op[op]
+    characters = np.where(speech & ~errors, input_t * CHARACTERS_PER_TOKEN, 0)
+    audio_s = np.round(characters / SPOKEN_CHARACTERS_PER_S, 3)
     speed = np.where(internal, 0.6, 1.0)  # own models sit next door: shorter round trips
     ttft = (rng.lognormal(math.log(180.0), 0.5, n) * speed) + input_t * 0.01
     latency = ttft + output_t * latency_base * speed
+    no_tokens = ~fleet.token_route[route]  # an API that bills characters reports no tokens
+    input_t = np.where(no_tokens, 0, input_t)
+    output_t = np.where(no_tokens, 0, output_t)
     gpu = rng.integers(0, max(fleet.gpus, 1), n)
 
     route_arr = pa.array(route)
@@ -341,6 +356,9 @@ def _generate_tick(
         "output_tokens": pa.array(output_t),
         "cache_read_tokens": pa.array(cache_read),
         "cache_write_tokens": pa.array(cache_write),
+        "input_characters": pa.array(characters, mask=~speech),
+        "output_audio_seconds": pa.array(audio_s, mask=~speech),
+        "output_audio_tokens": pa.array(output_t, mask=~speech | no_tokens),
         "latency_ms": pa.array(np.round(latency, 3)),
         "ttft_ms": pa.array(np.round(ttft, 3), mask=~streaming | errors),
         "status": pc.if_else(pa.array(errors), "error", "ok"),
@@ -385,7 +403,7 @@ def _generate_tick(
             "temperature_c": pa.array(np.round(35.0 + util * 0.4, 1)),
             "interval_s": pa.array(np.ones(g)),
         }, GPU_SAMPLE, g)
-    tokens = np.stack([input_t, output_t, cache_read, cache_write], axis=1)
+    tokens = np.stack([input_t, output_t, cache_read, cache_write, characters], axis=1)
     return _Tick(requests, gpu_table, route, tokens, errors, op)
 
 
@@ -405,7 +423,7 @@ class _Ledger:
 
     def add(self, tick: _Tick, day: int, first_us: int) -> None:
         tokens, counts, errors, first = self.days.get(day) or (
-            np.zeros((self.routes, 4), np.int64), np.zeros(self.routes, np.int64),
+            np.zeros((self.routes, 5), np.int64), np.zeros(self.routes, np.int64),
             np.zeros(self.routes, np.int64), first_us)
         np.add.at(tokens, tick.route, tick.tokens)
         counts += np.bincount(tick.route, minlength=self.routes)
@@ -415,7 +433,8 @@ class _Ledger:
 
 
 def per_token_prices(provider: str, model: str, when: dt.datetime) -> tuple[Decimal, ...] | None:
-    """(input, output, cache_read, cache_write) USD per token from genai-prices, or None.
+    """(input, output, cache_read, cache_write, input character) USD per unit from genai-prices,
+    or None.
 
     A missing cache price means those tokens pay the input price (same rule as
     streams/pricing.py). Tiered prices are not used by the simulated models.
@@ -429,7 +448,8 @@ def per_token_prices(provider: str, model: str, when: dt.datetime) -> tuple[Deci
         return None
     price = found.model_price
     values = []
-    for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"):
+    for name in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
+                 "input_mchars"):
         value = getattr(price, name)
         if value is not None and not isinstance(value, Decimal):
             raise ValueError(f"{provider}/{model}: tiered {name} is not supported here")
@@ -437,7 +457,7 @@ def per_token_prices(provider: str, model: str, when: dt.datetime) -> tuple[Deci
     inp = values[0] or Decimal(0)
     out = values[1] or Decimal(0)
     return (inp / MTOK, out / MTOK, (values[2] if values[2] is not None else inp) / MTOK,
-            (values[3] if values[3] is not None else inp) / MTOK)
+            (values[3] if values[3] is not None else inp) / MTOK, (values[4] or Decimal(0)) / MTOK)
 
 
 def _summarise(summary: SimulationSummary, fleet: _Fleet, ledger: _Ledger) -> None:
@@ -451,21 +471,23 @@ def _summarise(summary: SimulationSummary, fleet: _Fleet, ledger: _Ledger) -> No
                 continue
             t = totals.setdefault(i, ModelTotals(route.provider, route.model,
                                                  "internal" if route.internal else "external"))
-            inp, out, cr, cw = (int(x) for x in tokens[i])
+            inp, out, cr, cw, chars = (int(x) for x in tokens[i])
             t.requests += int(counts[i])
             t.errors += int(errors[i])
             t.input_tokens += inp
             t.output_tokens += out
             t.cache_read_tokens += cr
             t.cache_write_tokens += cw
+            t.input_characters += chars
             if route.internal:
                 continue
             prices = per_token_prices(route.provider, route.model, when)
             if prices is None:
                 unpriced.add(f"{route.provider}/{route.model}")
                 continue
-            p_in, p_out, p_cr, p_cw = prices
-            cost = (max(inp - cr - cw, 0) * p_in + out * p_out + cr * p_cr + cw * p_cw)
+            p_in, p_out, p_cr, p_cw, p_char = prices
+            cost = (max(inp - cr - cw, 0) * p_in + out * p_out + cr * p_cr + cw * p_cw
+                    + chars * p_char)
             t.list_cost = (t.list_cost or Decimal(0)) + cost
             expected += cost
     summary.by_model = sorted(totals.values(), key=lambda t: (t.provider_kind, t.provider,
@@ -479,6 +501,7 @@ def _summarise(summary: SimulationSummary, fleet: _Fleet, ledger: _Ledger) -> No
         summary.output_tokens += t.output_tokens
         summary.cache_read_tokens += t.cache_read_tokens
         summary.cache_write_tokens += t.cache_write_tokens
+        summary.input_characters += t.input_characters
         if t.provider_kind == "internal":
             summary.internal_requests += t.requests
         else:

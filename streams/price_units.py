@@ -165,4 +165,7 @@ def leaf_counts(batch: pa.RecordBatch | pa.Table, units: PricedUnits
         missing[:] = True
     for key in units.required:
         missing |= ~usage_values(batch, key)[1]
+    if "status" in batch.column_names:  # a failed call bills nothing and reports no usage
+        failed = pc.fill_null(pc.equal(batch.column("status"), "error"), False)
+        missing &= ~np.asarray(failed.to_numpy(zero_copy_only=False), dtype=bool)
     return leaves, missing

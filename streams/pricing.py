@@ -182,7 +182,7 @@ class _Priced:
 
 
 def _usage_columns(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    names = [n for n in (*TOKEN_COLUMNS, *BILLED_UNITS) if n in batch.column_names]
+    names = [n for n in (*TOKEN_COLUMNS, *BILLED_UNITS, "status") if n in batch.column_names]
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     return table.select(names)
 

@@ -43,6 +43,21 @@ SELECT count(*) FILTER (WHERE record_type <> 'idle') AS requests,
        (SELECT sum(avoided_spend) FROM avoided_spend) AS avoided_spend
 FROM costs"""
 
+VOICE_SQL = """\
+SELECT c.operation,
+       count(*) FILTER (WHERE c.provider_kind = 'external') AS external_requests,
+       sum(c.input_characters) FILTER (WHERE c.provider_kind = 'external') AS external_characters,
+       coalesce(sum(c.cost) FILTER (WHERE c.provider_kind = 'external'), 0) AS external_spend,
+       count(*) FILTER (WHERE c.pricing_status = 'unpriced_unit') AS unpriced_unit,
+       any_value(a.avoided_spend) AS avoided_spend
+FROM costs c
+LEFT JOIN (SELECT operation, sum(avoided_spend) AS avoided_spend FROM avoided_spend
+           GROUP BY operation) a USING (operation)
+WHERE c.record_type = 'request' AND c.operation IN (
+    SELECT DISTINCT operation FROM costs WHERE input_characters IS NOT NULL
+        OR input_audio_seconds IS NOT NULL OR output_audio_seconds IS NOT NULL)
+GROUP BY c.operation ORDER BY c.operation"""
+
 ALERTS_SQL = """\
 SELECT timestamp, rule, key, message FROM alerts ORDER BY timestamp DESC LIMIT 10"""
 
@@ -77,6 +92,12 @@ def _table(con: Any, title: str, sql: str, percent: set[str] | None = None) -> T
     return table
 
 
+def _has_voice_units(con: Any) -> bool:
+    """A lake written before the voice units (cost record v1) has no such columns."""
+    columns = {row[0] for row in con.execute("DESCRIBE costs").fetchall()}
+    return {"input_characters", "input_audio_seconds", "output_audio_seconds"} <= columns
+
+
 def print_summary(settings: Settings, console: Console,
                   simulated: SimulationSummary | None = None) -> None:
     from costpipe import analytics
@@ -92,6 +113,9 @@ def print_summary(settings: Settings, console: Console,
         console.print(_table(con, "Cost per operation, own (fully loaded incl. idle GPU) vs "
                                   "external (USD)", COST_SQL))
         console.print(_table(con, "Totals and avoided spend (USD)", TOTALS_SQL))
+        if _has_voice_units(con):
+            console.print(_table(con, "Voice: external spend (priced per character / audio "
+                                      "second) and avoided spend (USD)", VOICE_SQL))
         console.print(_table(con, "Recent alerts", ALERTS_SQL))
     finally:
         con.close()

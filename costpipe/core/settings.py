@@ -170,8 +170,12 @@ class ProviderSettings(_Section):
     shadow_model: str = Field(default="gpt-4o-mini",
                               description="Reference external model for avoided spend")
     shadow_models: dict[str, str] = Field(
-        default_factory=lambda: {"embeddings": "text-embedding-3-small"},
-        description="Per-operation reference external model for the shadow price",
+        default_factory=lambda: {"embeddings": "text-embedding-3-small", "voice": "tts-1",
+                                 "speech": "tts-1", "transcription": "whisper-1",
+                                 "translation": "whisper-1"},
+        description="Per-operation (or gen_ai_operation) reference external model for the "
+        "shadow price; it bills in its own units (speech per character, transcription per "
+        "audio second), so own voice models must report those units",
     )
 
 

@@ -149,3 +149,17 @@ def test_one_bad_span_never_costs_the_others() -> None:
         reply = (ExportTraceServiceResponse.FromString(payload) if headers is PROTO else
                  json_format.Parse(payload, ExportTraceServiceResponse()))
         assert reply.partial_success.rejected_spans == 5
+
+
+def test_voice_units_arrive_as_costpipe_attributes() -> None:
+    """The GenAI conventions name no attribute for characters or audio seconds (semconv
+    0.66b2); `costpipe.<field>` carries every billed unit of the request event."""
+    attrs = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "whisper-1",
+             "gen_ai.operation.name": "transcription", "costpipe.input_audio_seconds": 12.5,
+             "costpipe.input_audio_tokens": 300, "gen_ai.usage.input_tokens": 310}
+    status, _, rows = post(export_request([span(attrs)]).SerializeToString(), PROTO)
+    assert status == 200 and len(rows) == 1
+    row = rows[0]
+    assert (row["input_audio_seconds"], row["input_audio_tokens"], row["input_tokens"]) == (
+        12.5, 300, 310)
+    assert row["input_characters"] is None

@@ -91,12 +91,16 @@ def test_expected_list_cost_equals_per_request_genai_prices():
         price = calc_price(
             Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"],
                   cache_read_tokens=row["cache_read_tokens"],
-                  cache_write_tokens=row["cache_write_tokens"]),
+                  cache_write_tokens=row["cache_write_tokens"],
+                  input_characters=row["input_characters"],
+                  output_audio_tokens=row["output_audio_tokens"]),
             model_ref=row["model"], provider_id=row["provider"],
             genai_request_timestamp=row["timestamp"])
         expected += price.total_price.quantize(MONEY_QUANTUM)
     assert expected > 0
     assert summary.expected_external_list_cost == expected
+    voice = requests.filter(pc.equal(requests.column("model"), "tts-1"))
+    assert voice.num_rows > 0 and pc.sum(voice.column("input_characters")).as_py() > 0
     assert summary.unpriced_models == []
     assert sum(m.list_cost for m in summary.by_model if m.list_cost is not None) == expected
 
