@@ -94,78 +94,87 @@ def priced_units(price_keys: Mapping[str, object]) -> PricedUnits:
     return PricedUnits(tuple(carried), required, uncarried)
 
 
-def with_minimums(usage: pa.Table, provider: str, model: str) -> pa.Table:
-    """`usage` with a provider's minimum billed audio applied, as genai-prices does: the
+class BatchUsage:
+    """The carried units of one batch as numpy columns, each read once, however many
+    (provider, model) groups the batch holds."""
+
+    def __init__(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self.batch = batch
+        self.rows = len(batch)
+        self.names = frozenset(batch.schema.names)
+        self._values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._failed: np.ndarray | None = None
+
+    def values(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 counts at `resolution(key)`, reported?) of one carried unit, every row."""
+        found = self._values.get(key)
+        if found is None:
+            found = self._values[key] = self._read(key)
+        return found
+
+    def _read(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        n = self.rows
+        if key in ALWAYS_ONE:
+            return np.ones(n, dtype=np.int64), np.ones(n, dtype=bool)
+        if key in DERIVED:
+            parts = [self.values(part) for part in DERIVED[key]]
+            return (np.sum([p[0] for p in parts], axis=0),
+                    np.logical_or.reduce([p[1] for p in parts]))
+        if key not in self.names:
+            return np.zeros(n, dtype=np.int64), np.full(n, key in TOKEN_COLUMNS)
+        column = self.batch.column(key)
+        if key in TOKEN_COLUMNS:
+            return pc.fill_null(column, 0).to_numpy().astype(np.int64), np.ones(n, dtype=bool)
+        values = pc.fill_null(column, 0).to_numpy()
+        scale = resolution(key)
+        counts = (values.astype(np.int64) if scale == 1
+                  else np.rint(values.astype(np.float64) * scale).astype(np.int64))
+        return counts, np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def failed(self) -> np.ndarray:
+        """Rows of failed calls: they bill nothing and may report no usage."""
+        if self._failed is None:
+            if "status" in self.names:
+                failed = pc.fill_null(pc.equal(self.batch.column("status"), "error"), False)
+                self._failed = np.asarray(failed.to_numpy(zero_copy_only=False), dtype=bool)
+            else:
+                self._failed = np.zeros(self.rows, dtype=bool)
+        return self._failed
+
+
+def _minimum_billed(usage: BatchUsage, rows: np.ndarray, provider: str, model: str
+                    ) -> dict[str, np.ndarray]:
+    """Counts replaced by a provider's minimum billed audio, as genai-prices does: the
     request's audio seconds (input + output), raised to the minimum when non-zero, billed as
     input audio."""
     rule = MINIMUM_BILLED.get((provider, model))
-    if rule is None or not set(SECONDS) <= set(usage.column_names):
-        return usage
+    if rule is None:
+        return {}
     name, minimum = rule
-    total = pc.add(pc.fill_null(usage.column(SECONDS[0]), 0.0),
-                   pc.fill_null(usage.column(SECONDS[1]), 0.0))
-    total = pc.if_else(pc.or_(pc.is_valid(usage.column(SECONDS[0])),
-                              pc.is_valid(usage.column(SECONDS[1]))), total, None)
-    raised = pc.if_else(pc.greater(total, 0), pc.max_element_wise(total, minimum), total)
-    usage = usage.set_column(usage.column_names.index(name), name, raised)
-    at = usage.column_names.index(SECONDS[1])
-    return usage.set_column(at, SECONDS[1], pa.nulls(len(usage), pa.float64()))
+    total = usage.values("audio_seconds")[0][rows]
+    raised = np.where(total > 0, np.maximum(total, round(minimum * MS_PER_SECOND)), total)
+    return {name: raised, "audio_seconds": raised, SECONDS[1]: np.zeros_like(raised)}
 
 
-def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.ChunkedArray | None:
-    return batch.column(name) if name in batch.column_names else None
-
-
-def _counts(column: pa.Array | pa.ChunkedArray | None, n: int, scale: int) -> np.ndarray:
-    if column is None:
-        return np.zeros(n, dtype=np.int64)
-    values = pc.fill_null(column, 0).to_numpy()
-    if scale == 1:
-        return values.astype(np.int64)
-    return np.rint(values.astype(np.float64) * scale).astype(np.int64)
-
-
-def _reported(column: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
-    if column is None:
-        return np.zeros(n, dtype=bool)
-    return np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def usage_values(batch: pa.RecordBatch | pa.Table, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 counts at `resolution(key)`, reported?) of one carried unit for every row."""
-    n = len(batch)
-    if key in ALWAYS_ONE:
-        return np.ones(n, dtype=np.int64), np.ones(n, dtype=bool)
-    if key in DERIVED:
-        parts = [usage_values(batch, part) for part in DERIVED[key]]
-        return (np.sum([p[0] for p in parts], axis=0),
-                np.logical_or.reduce([p[1] for p in parts]))
-    column = _column(batch, key)
-    if key in TOKEN_COLUMNS:
-        return _counts(column, n, 1), np.ones(n, dtype=bool)
-    return _counts(column, n, resolution(key)), _reported(column, n)
-
-
-def leaf_counts(batch: pa.RecordBatch | pa.Table, units: PricedUnits
-                ) -> tuple[np.ndarray, np.ndarray]:
+def leaf_counts(usage: BatchUsage, rows: np.ndarray, units: PricedUnits, provider: str = "",
+                model: str = "") -> tuple[np.ndarray, np.ndarray]:
     """([rows, units] int64 counts each price applies to, rows missing a required unit).
 
     Leaf rule: a unit's count less the leaf counts of its priced descendants, floored at 0.
     """
-    n = len(batch)
-    leaves = np.zeros((n, len(units.units)), dtype=np.int64)
+    replaced = _minimum_billed(usage, rows, provider, model)
+    leaves = np.zeros((len(rows), len(units.units)), dtype=np.int64)
     for i, unit in enumerate(units.units):
-        value, _ = usage_values(batch, unit.usage_key)
+        value = replaced.get(unit.usage_key)
+        if value is None:
+            value = usage.values(unit.usage_key)[0][rows]
         below = [j for j, d in enumerate(units.units[:i]) if is_descendant(unit, d)]
         if below:
             value = value - leaves[:, below].sum(axis=1)
         leaves[:, i] = np.maximum(value, 0)
-    missing = np.zeros(n, dtype=bool)
-    if units.uncarried:
-        missing[:] = True
+    missing = np.full(len(rows), bool(units.uncarried))
     for key in units.required:
-        missing |= ~usage_values(batch, key)[1]
-    if "status" in batch.column_names:  # a failed call bills nothing and reports no usage
-        failed = pc.fill_null(pc.equal(batch.column("status"), "error"), False)
-        missing &= ~np.asarray(failed.to_numpy(zero_copy_only=False), dtype=bool)
+        missing |= ~usage.values(key)[1][rows]
+    if missing.any():
+        missing &= ~usage.failed()[rows]
     return leaves, missing

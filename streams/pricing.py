@@ -41,14 +41,12 @@ from genai_prices.types import TieredPrices, TimeOfDateConstraint
 from costpipe.core.metrics import UNPRICED, UNPRICED_UNIT
 from costpipe.core.money import PICO, pico_to_money, to_pico
 from costpipe.core.settings import PriceOverride, Settings
-from costpipe.schemas.records import BILLED_UNITS
 from costpipe.streams.price_units import (
-    TOKEN_COLUMNS,
+    BatchUsage,
     PricedUnits,
     leaf_counts,
     priced_units,
     resolution,
-    with_minimums,
 )
 
 KINDS = ("input", "output", "cache_read", "cache_write")
@@ -79,14 +77,20 @@ class PriceList:
 
     def pico_per_count(self) -> np.ndarray | None:
         """int64 [segment, unit] pico-dollars per count, or None when not exactly integral."""
-        table = np.zeros((len(self.segments), len(self.units.units)), dtype=np.int64)
-        for i, segment in enumerate(self.segments):
-            for j, (price, per) in enumerate(zip(segment, self.divisors(), strict=True)):
-                pico = price * PICO / per
-                if pico != pico.to_integral_value() or pico > _MAX_PICO_PER_COUNT:
-                    return None
-                table[i, j] = int(pico)
-        return table
+        return _pico_table(self.segments, self.divisors())
+
+
+@lru_cache(maxsize=4096)
+def _pico_table(segments: tuple[tuple[Decimal, ...], ...], divisors: tuple[int, ...]
+                ) -> np.ndarray | None:
+    table = np.zeros((len(segments), len(divisors)), dtype=np.int64)
+    for i, segment in enumerate(segments):
+        for j, (price, per) in enumerate(zip(segment, divisors, strict=True)):
+            pico = price * PICO / per
+            if pico != pico.to_integral_value() or pico > _MAX_PICO_PER_COUNT:
+                return None
+            table[i, j] = int(pico)
+    return table
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,6 @@ def group_price(provider: str, model: str, when: dt.datetime, settings: Settings
 # ------------------------------------------------------------------ vectorised core
 
 
-def _total_input(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-    return pc.fill_null(batch.column("input_tokens"), 0).to_numpy().astype(np.int64)
-
-
 def _cost_pico(prices: PriceList, counts: np.ndarray, total_input: np.ndarray) -> np.ndarray:
     segment = np.searchsorted(np.asarray(prices.starts, dtype=np.int64), total_input, side="left")
     table = prices.pico_per_count()
@@ -181,12 +181,6 @@ class _Priced:
     unit_missing: np.ndarray
 
 
-def _usage_columns(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    names = [n for n in (*TOKEN_COLUMNS, *BILLED_UNITS, "status") if n in batch.column_names]
-    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    return table.select(names)
-
-
 def _price_rows(
     batch: pa.RecordBatch | pa.Table,
     providers: pa.Array,
@@ -201,8 +195,8 @@ def _price_rows(
                   np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
     if not mask.any():
         return out
-    usage = _usage_columns(batch)
-    total_input = _total_input(batch)
+    usage = BatchUsage(batch)
+    total_input = usage.values("input_tokens")[0]
     keys = pa.table({
         "p": providers, "m": models, "d": pa.array(_days(batch)), "i": pa.array(np.arange(n)),
     }).filter(pa.array(mask))
@@ -219,19 +213,17 @@ def _price_rows(
                 if count_unpriced:
                     UNPRICED.labels(provider, model).inc(len(sub))
                 continue
-            rows_usage = with_minimums(usage.take(pa.array(sub)), provider, model)
-            counts, missing = leaf_counts(rows_usage, price.paid.units)
+            counts, missing = leaf_counts(usage, sub, price.paid.units, provider, model)
             if missing.any():
                 out.unit_missing[sub[missing]] = True
                 if count_unpriced:
                     _count_missing(provider, model, price.paid.units, int(missing.sum()))
-                sub, counts, rows_usage = (sub[~missing], counts[~missing],
-                                           rows_usage.filter(pa.array(~missing)))
+                sub, counts = sub[~missing], counts[~missing]
             out.paid[sub] = _cost_pico(price.paid, counts, total_input[sub])
             out.priced[sub] = True
             if price.list_ is not None:
                 if price.list_.units != price.paid.units:
-                    counts, _ = leaf_counts(rows_usage, price.list_.units)
+                    counts, _ = leaf_counts(usage, sub, price.list_.units, provider, model)
                 out.listed[sub] = _cost_pico(price.list_, counts, total_input[sub])
                 out.has_list[sub] = True
     return out
