@@ -12,6 +12,7 @@ is honoured too (it means "use that cluster, start nothing").
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tomllib
@@ -291,6 +292,37 @@ class AlertSettings(_Section):
                                     description="Slack-compatible webhook for alerts")
 
 
+class Investment(_Section):
+    """Money put into own models and GPUs, for the payback answer."""
+
+    name: str
+    amount: Decimal = Field(ge=0)
+    date: dt.date
+
+
+class PlanningSettings(_Section):
+    target_utilization: float = Field(
+        default=0.7, gt=0, le=1,
+        description="Usable share of a GPU at the peak hour when planning moves in-house "
+        "(capacity must hold at peak, not on average)")
+    movable_operations: list[str] = Field(
+        default_factory=lambda: ["voice", "text", "code_completion", "embeddings"],
+        description="Operations the plan may move in-house (reasoning stays external unless "
+        "listed)")
+    gpu_hours_per_month: Decimal = Field(
+        default=Decimal("730"), gt=0,
+        description="Hours a GPU added by the plan is paid for per month, at "
+        "gpu.dollars_per_gpu_hour")
+    external_budget_per_month: Decimal | None = Field(
+        default=None, ge=0,
+        description="External spend per calendar month; the forecast alerts when the "
+        "month-end projection crosses it")
+    investments: list[Investment] = Field(
+        default_factory=list,
+        description="`[[planning.investments]]` name, amount (USD), date: money put into own "
+        "models and GPUs, for the payback answer")
+
+
 class CollectorSettings(_Section):
     heartbeat_seconds: float = Field(
         default=2.0, ge=0, le=3600,
@@ -439,6 +471,7 @@ class Settings(_Section):
     gpu: GpuSettings = Field(default_factory=GpuSettings)
     windows: WindowSettings = Field(default_factory=WindowSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    planning: PlanningSettings = Field(default_factory=PlanningSettings)
     collectors: CollectorSettings = Field(default_factory=CollectorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
