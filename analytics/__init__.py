@@ -112,6 +112,26 @@ def sql_files() -> list[tuple[str, str]]:
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 
 
+def _double(value: object) -> str:
+    return f"CAST({float(value)!r} AS DOUBLE)"  # type: ignore[arg-type]
+
+
+def _setting_placeholders(settings: Settings) -> dict[str, str]:
+    """`{{name}}` in the SQL files -> the setting's value as a SQL literal."""
+    movable = ", ".join("'" + op.replace("'", "''") + "'"
+                        for op in settings.planning.movable_operations)
+    return {
+        "{{target_internal_share}}": _double(settings.target_internal_share),
+        "{{gpu_bucket_seconds}}": _double(settings.gpu.bucket_seconds),
+        "{{gpu_dollars_per_gpu_hour}}": _double(settings.gpu.dollars_per_gpu_hour),
+        "{{gpu_dollars_per_kwh}}": _double(settings.gpu.dollars_per_kwh),
+        "{{gpu_pue}}": _double(settings.gpu.pue),
+        "{{planning_target_utilization}}": _double(settings.planning.target_utilization),
+        "{{planning_gpu_hours_per_month}}": _double(settings.planning.gpu_hours_per_month),
+        "{{planning_movable_operations}}": f"CAST([{movable}] AS VARCHAR[])",
+    }
+
+
 def connect(
     settings: Settings | None = None, read_only: bool = True, location: str | None = None
 ) -> duckdb.DuckDBPyConnection:
@@ -129,8 +149,7 @@ def connect(
     else:
         replacements = {f"{{{{source:{name}}}}}": _remote_source(con, lake, name)
                         for name in TABLES}
-    target = float(settings.target_internal_share)
-    replacements["{{target_internal_share}}"] = f"CAST({target!r} AS DOUBLE)"
+    replacements.update(_setting_placeholders(settings))
     for _name, text in sql_files():
         for placeholder, value in replacements.items():
             text = text.replace(placeholder, value)

@@ -17,35 +17,91 @@ SELECT operation,
     CAST(external_cost AS DOUBLE) * (1 + pct / 100) + CAST(own_cost AS DOUBLE) AS new_total_cost
 FROM op;
 
--- What if pct % of `target_op`'s external requests move in-house (negative pct: the other way)?
--- Moved requests are costed at the operation's current fully loaded own cost per request (or
--- its external cost per request when moving out). Other operations are unchanged.
-CREATE OR REPLACE MACRO whatif_shift(target_op, pct) AS TABLE
-WITH op AS (
-    SELECT operation,
-        coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0) AS ext_requests,
-        coalesce(sum(requests) FILTER (WHERE provider_kind = 'internal'), 0) AS own_requests,
-        coalesce(CAST(sum(loaded_cost) FILTER (WHERE provider_kind = 'external') AS DOUBLE), 0)
-            AS ext_cost,
-        coalesce(CAST(sum(loaded_cost) FILTER (WHERE provider_kind = 'internal') AS DOUBLE), 0)
-            AS own_cost
-    FROM cost_per_operation GROUP BY operation
+-- What if pct % of each listed operation's external requests move in-house (negative pct: that
+-- share of its own requests moves out)? Capacity-aware (docs/planning.md): moved requests take
+-- their operation's measured GPU-seconds per request in the hours they were made; they fill
+-- idle capacity first (marginal cost = energy), and only an hour whose load would pass the
+-- target utilisation of the GPUs observed in it needs whole GPUs added, paid for the whole
+-- period. GPUs freed by moving work out are reported (gpus_spare), not assumed given back.
+-- avg_new_total_cost is the naive answer beside it: moved requests at the operation's average
+-- fully loaded own cost per request. Money over the lake's period and per month
+-- (planning.gpu_hours_per_month / observed hours).
+CREATE OR REPLACE MACRO whatif_moves(ops, pcts) AS TABLE
+WITH moves AS (
+    SELECT unnest(ops) AS operation, CAST(unnest(pcts) AS DOUBLE) AS pct
 ),
-moved AS (
-    SELECT *,
-        CASE WHEN operation = target_op THEN
-            CASE WHEN pct >= 0 THEN ext_requests * pct / 100 ELSE own_requests * pct / 100 END
-        ELSE 0 END AS moved_requests,
-        ext_cost / nullif(ext_requests, 0) AS ext_per_request,
-        own_cost / nullif(own_requests, 0) AS own_per_request
+op AS (
+    SELECT c.*, coalesce(m.pct, 0) AS pct,
+        CASE WHEN coalesce(m.pct, 0) >= 0 THEN c.external_requests * coalesce(m.pct, 0) / 100
+             ELSE c.own_requests * m.pct / 100 END AS moved
+    FROM capacity_by_operation c LEFT JOIN moves m USING (operation)
+),
+hourly_moved AS (
+    SELECT r.hour, sum(
+        CASE WHEN op.pct >= 0 THEN r.external_requests ELSE r.own_requests END
+        * op.pct / 100 * coalesce(op.gpu_seconds_per_request, 0)) AS moved_gpu_seconds
+    FROM hourly_requests r JOIN op USING (operation)
+    WHERE op.pct <> 0
+    GROUP BY r.hour
+),
+hours AS (
+    SELECT l.*, l.busy_gpu_seconds + coalesce(h.moved_gpu_seconds, 0) AS new_load,
+        {{planning_target_utilization}} * l.gpu_seconds_observed / l.gpus AS usable_per_gpu
+    FROM hourly_load l LEFT JOIN hourly_moved h USING (hour)
+    WHERE l.gpus > 0
+),
+need AS (
+    SELECT
+        coalesce(max(ceil(new_load / usable_per_gpu) - gpus), 0) AS delta,
+        coalesce(sum(gpu_seconds_observed / gpus), 0) / 3600 AS period_hours
+    FROM hours
+),
+fleet AS (
+    SELECT
+        sum(greatest(moved, 0)) AS moved_in, sum(greatest(-moved, 0)) AS moved_out,
+        sum(external_requests + own_requests) AS requests,
+        sum(own_requests) AS own_requests,
+        sum(greatest(moved, 0) * coalesce(external_cost_per_request, 0)) AS external_saved,
+        sum(greatest(-moved, 0) * coalesce(external_cost_per_request,
+                                           own_average_cost_per_request, 0)) AS external_added,
+        sum(moved * coalesce(own_marginal_cost_per_request, 0)) AS energy_delta,
+        sum(moved * coalesce(own_average_cost_per_request, external_cost_per_request, 0))
+            AS average_delta,
+        bool_or(moved > 0 AND gpu_seconds_per_request IS NULL) AS unmeasured
     FROM op
+),
+total AS (SELECT coalesce(CAST(sum(cost) AS DOUBLE), 0) AS total_cost FROM costs),
+answer AS (
+    SELECT
+        fleet.*, need.period_hours,
+        CASE WHEN fleet.moved_in > 0 THEN greatest(need.delta, 0) ELSE 0 END AS gpus_to_add,
+        greatest(-need.delta, 0) AS gpus_spare,
+        total.total_cost,
+        CASE WHEN fleet.moved_in > 0 THEN greatest(need.delta, 0) ELSE 0 END
+            * need.period_hours
+            * ({{gpu_dollars_per_gpu_hour}} + p.idle_power_w * p.dollars_per_joule * 3600)
+            AS added_gpu_cost
+    FROM fleet CROSS JOIN need CROSS JOIN total CROSS JOIN gpu_power_model p
 )
-SELECT operation, moved_requests,
-    ext_requests / nullif(ext_requests + own_requests, 0) AS external_share_requests,
-    (ext_requests - moved_requests) / nullif(ext_requests + own_requests, 0)
-        AS new_external_share_requests,
-    ext_cost + own_cost AS total_cost,
-    ext_cost + own_cost
-        - moved_requests * coalesce(ext_per_request, 0)
-        + moved_requests * coalesce(own_per_request, ext_per_request, 0) AS new_total_cost
-FROM moved;
+SELECT
+    moved_in AS requests_moved_in, moved_out AS requests_moved_out,
+    CAST(gpus_to_add AS BIGINT) AS gpus_to_add, CAST(gpus_spare AS BIGINT) AS gpus_spare,
+    period_hours,
+    total_cost,
+    total_cost - external_saved + external_added + energy_delta + added_gpu_cost
+        AS new_total_cost,
+    external_saved + greatest(-energy_delta, 0) - external_added
+        - greatest(energy_delta, 0) - added_gpu_cost AS saving,
+    total_cost - external_saved + external_added + average_delta AS avg_new_total_cost,
+    own_requests / nullif(requests, 0) AS internal_share_requests,
+    (own_requests + moved_in - moved_out) / nullif(requests, 0) AS new_internal_share_requests,
+    (external_added + energy_delta + added_gpu_cost - external_saved)
+        * {{planning_gpu_hours_per_month}} / nullif(period_hours, 0) AS monthly_cost_delta,
+    (external_added + average_delta - external_saved)
+        * {{planning_gpu_hours_per_month}} / nullif(period_hours, 0) AS avg_monthly_cost_delta,
+    unmeasured AS own_model_unmeasured
+FROM answer;
+
+-- One operation's move: whatif_shift('voice', 30) moves 30 % of voice's external requests.
+CREATE OR REPLACE MACRO whatif_shift(target_op, pct) AS TABLE
+SELECT * FROM whatif_moves([target_op], [pct]);

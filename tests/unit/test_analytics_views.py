@@ -87,11 +87,10 @@ def test_avoided_spend_breakeven_and_whatif(lake_data):
     up = con.execute("SELECT sum(new_external_cost) / sum(external_cost) "
                      "FROM whatif_external_price(20)").fetchall()[0][0]
     assert up == pytest.approx(1.2)
-    shift = con.execute("SELECT operation, moved_requests, new_external_share_requests, "
-                        "external_share_requests FROM whatif_shift('chat', 30)").fetchall()
-    for operation, moved, new_share, share in shift:
-        assert (moved > 0) == (operation == "chat")
-        assert (new_share < share) == (operation == "chat")
+    [(moved, new_share, share)] = con.execute(
+        "SELECT requests_moved_in, new_internal_share_requests, internal_share_requests "
+        "FROM whatif_shift('chat', 30)").fetchall()
+    assert moved > 0 and new_share > share
     summary = analytics.summary(con)
     assert summary["total_cost"] == _sum(costs, "cost")
     assert summary["target_internal_share"] == pytest.approx(0.6)
@@ -102,7 +101,11 @@ def test_views_exist_on_an_empty_lake(tmp_path):
     for view in ("costs", "gpu_samples", "idle_cost", "windows", "alerts", "dependency_share",
                  "cost_per_operation", "avoided_spend", "breakeven"):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0] == 0
-    assert con.execute("SELECT count(*) FROM whatif_shift('chat', 10)").fetchall()[0][0] == 0
+    [(moved, gpus)] = con.execute("SELECT requests_moved_in, gpus_to_add "
+                                  "FROM whatif_shift('chat', 10)").fetchall()
+    assert (moved or 0, gpus) == (0, 0)
+    for view in ("capacity_by_operation", "own_gpu_seconds", "hourly_load"):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0] == 0
     assert analytics.summary(con)["requests"] == 0
 
 

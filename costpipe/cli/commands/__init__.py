@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "costpipe.cli.commands.run",
     "costpipe.cli.commands.kafka",
     "costpipe.cli.commands.analytics",
+    "costpipe.cli.commands.plan",
     "costpipe.cli.commands.proxy",
     "costpipe.cli.commands.otlp",
     "costpipe.cli.commands.gpu",

@@ -112,8 +112,10 @@ def register(app: typer.Typer) -> None:
             _run_one(con, query, write, format, out)
             return
         typer.echo("costpipe sql: views costs, gpu_samples, idle_cost, windows, alerts, "
-                   "dependency_share, cost_per_operation, avoided_spend, breakeven; "
-                   "macros whatif_external_price(pct), whatif_shift(op, pct). "
+                   "dependency_share, cost_per_operation, avoided_spend, breakeven, "
+                   "capacity_by_operation, own_gpu_seconds, hourly_load; macros "
+                   "whatif_external_price(pct), whatif_shift(op, pct), "
+                   "whatif_moves(ops, pcts). "
                    "End with Ctrl-D or .quit")
         while True:
             try:
