@@ -129,6 +129,7 @@ def _setting_placeholders(settings: Settings) -> dict[str, str]:
         "{{planning_target_utilization}}": _double(settings.planning.target_utilization),
         "{{planning_gpu_hours_per_month}}": _double(settings.planning.gpu_hours_per_month),
         "{{planning_movable_operations}}": f"CAST([{movable}] AS VARCHAR[])",
+        "{{shadow_provider}}": "'" + settings.providers.shadow_provider.replace("'", "''") + "'",
     }
 
 
