@@ -31,7 +31,7 @@ def _exposure_table(df):
     return df.with_columns(pl.col(c).cast(pl.Float64).round(4) for c in money)
 
 
-def _print_payback(result) -> None:
+def _print_payback(result, with_plan: bool = False) -> None:
     typer.echo(f"invested:               {_usd(result.investment)} since "
                f"{result.first_investment}")
     typer.echo(f"avoided spend to date:  {_usd(result.avoided_to_date)} (to {result.as_of})")
@@ -42,7 +42,11 @@ def _print_payback(result) -> None:
     _print_projection("at today's trend", result.trend,
                       f"mean of the {result.trend_days} day(s) to {result.trend_until} x 30")
     if result.override is not None:
-        _print_projection("at --monthly-saving", result.override, "given")
+        if with_plan:
+            _print_projection("under the plan", result.override,
+                              "today's trend + the saving of costpipe plan")
+        else:
+            _print_projection("at --monthly-saving", result.override, "given")
 
 
 def _print_projection(label: str, projection, how: str) -> None:
@@ -98,6 +102,10 @@ def register(app: typer.Typer) -> None:
         monthly_saving: str | None = typer.Option(
             None, "--monthly-saving",
             help="Also project at this monthly saving in USD (e.g. what a plan saves)"),
+        with_plan: bool = typer.Option(
+            False, "--with-plan",
+            help="Also project at today's trend plus the saving of the plan to "
+            "target_internal_share (costpipe plan)"),
     ) -> None:
         """When do the investments in own models ([[planning.investments]]) pay back, from
         avoided spend (shadow price minus fully loaded own cost) at today's trend."""
@@ -107,8 +115,15 @@ def register(app: typer.Typer) -> None:
 
         saving = _decimal(monthly_saving)
         settings = _settings(lake)
+        con = analytics.connect(settings)
         try:
-            result = compute(analytics.connect(settings), settings, saving)
+            result = compute(con, settings, saving)
+            if with_plan and saving is None:
+                from costpipe.analytics.planning import plan_to_target
+
+                outcome = plan_to_target(con, settings).outcome
+                plan_saving = -Decimal(repr(outcome.get("monthly_cost_delta") or 0.0))
+                result = compute(con, settings, result.trend.monthly_saving + plan_saving)
         except NoInvestmentsError as exc:
             _fail(str(exc), 1)
-        _print_payback(result)
+        _print_payback(result, with_plan and saving is None)
