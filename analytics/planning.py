@@ -115,17 +115,15 @@ def plan_to_target(con: duckdb.DuckDBPyConnection, settings: Settings,
 
 
 def _moves_table(movable: pl.DataFrame, moves: dict[str, float]) -> pl.DataFrame:
-    rows = movable.filter(pl.col("operation").is_in(list(moves))).with_columns(
-        pct=pl.col("operation").replace_strict(moves, return_dtype=pl.Float64),
-        economic=pl.col("own_on_new_capacity_cost_per_request")
-        <= pl.col("external_cost_per_request"))
-    return rows.select(
-        "operation", "pct",
-        requests_moved=pl.col("external_requests") * pl.col("pct") / 100,
-        economic="economic",
-        external_cost_per_request="external_cost_per_request",
-        own_marginal_cost_per_request="own_marginal_cost_per_request",
-        own_on_new_capacity_cost_per_request="own_on_new_capacity_cost_per_request",
+    rows = movable.filter(pl.col("operation").is_in(list(moves)))
+    pct = pl.Series("pct", [moves[op] for op in rows["operation"]], dtype=pl.Float64)
+    return rows.with_columns(pct).select(
+        pl.col("operation"), pl.col("pct"),
+        (pl.col("external_requests") * pl.col("pct") / 100).alias("requests_moved"),
+        (pl.col("own_on_new_capacity_cost_per_request")
+         <= pl.col("external_cost_per_request")).alias("economic"),
+        pl.col("external_cost_per_request"), pl.col("own_marginal_cost_per_request"),
+        pl.col("own_on_new_capacity_cost_per_request"),
     ).sort("operation")
 
 

@@ -173,6 +173,38 @@ def time_bucket(con: duckdb.DuckDBPyConnection, view: str, where: str = "TRUE"
     raise AssertionError("unreachable: the last bucket has no limit")
 
 
+def _plan_section(con: duckdb.DuckDBPyConnection, target: float | None) -> str:
+    """The plan to target as a table (analytics/planning.py, docs/planning.md)."""
+    from costpipe.analytics.planning import plan_to_target
+    from costpipe.core.settings import get_settings
+
+    settings = get_settings()
+    plan = plan_to_target(con, settings, None if target is None else float(target))
+    out = plan.outcome
+    hours = out.get("period_hours") or 0.0
+    per_month = float(settings.planning.gpu_hours_per_month) / hours if hours else 0.0
+    rows = "".join(
+        f"<tr><td>{_esc(r['operation'])}</td><td>{r['pct']:.1f} %</td>"
+        f"<td>{r['requests_moved'] * per_month:,.0f}</td>"
+        f"<td>{r['external_cost_per_request']:.6f}</td>"
+        f"<td>{r['own_marginal_cost_per_request']:.6f}</td>"
+        f"<td>{'yes' if r['economic'] else 'no'}</td></tr>"
+        for r in plan.moves.iter_rows(named=True)
+    ) or '<tr><td colspan="6" class="empty">No moves needed or possible.</td></tr>'
+    summary = ""
+    if out:
+        summary = (f"<p>GPUs to add: <b>{out['gpus_to_add']}</b>; resulting internal share "
+                   f"<b>{(out['new_internal_share_requests'] or 0):.1%}</b>; monthly cost "
+                   f"change <b>${out['monthly_cost_delta'] or 0:+,.2f}</b> (capacity-aware) vs "
+                   f"${out['avg_monthly_cost_delta'] or 0:+,.2f} at average own cost.</p>")
+    notes = "".join(f"<p class='empty'>{_esc(n)}</p>" for n in plan.notes)
+    return ("<div class='card' style='margin-top:20px'><h2>Plan to the target "
+            f"({plan.target:.0%} internal requests; costpipe plan)</h2><table><thead><tr>"
+            "<th>operation</th><th>move</th><th>requests / month</th><th>external $/req</th>"
+            "<th>own $/req (marginal)</th><th>economic</th></tr></thead><tbody id='plan'>"
+            f"{rows}</tbody></table>{summary}{notes}</div>")
+
+
 def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = None) -> str:
     """Render the whole report as one HTML string."""
     con = con or analytics.connect()
@@ -250,6 +282,7 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         ("Internal share (requests)", "n/a" if internal is None else f"{internal:.1%}"),
         ("Target", "n/a" if target is None else f"{float(target):.0%}"),
     ]
+    plan = _plan_section(con, target)
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     period = f"{summary['first_day'] or '-'} to {summary['last_day'] or '-'}"
     return "".join([
@@ -263,5 +296,5 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         "</div><div class='card' style='margin-top:20px'><h2>Recent alerts</h2><table><thead>"
         "<tr><th>time</th><th>rule</th><th>severity</th><th>key</th><th>observed</th>"
         "<th>threshold</th><th>message</th></tr></thead><tbody id='alerts'>", alert_rows,
-        "</tbody></table></div><script>", _SCRIPT, "</script></body></html>",
+        "</tbody></table></div>", plan, "<script>", _SCRIPT, "</script></body></html>",
     ])
