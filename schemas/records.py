@@ -203,7 +203,8 @@ ALERT: Final = _schema(
                doc="When the alert fired, in event time: the end of the window that fired it "
                    "(the same for an alert re-emitted after a crash)"),
         _field("rule", pa.string(), nullable=False,
-               doc="spike | budget_hour | budget_day | dependency_share"),
+               doc="spike | budget_hour | budget_day | dependency_share | forecast_budget | "
+                   "forecast_share"),
         _field("severity", pa.string(), nullable=False, doc="warning | critical"),
         _field("key", pa.string(), nullable=False, doc="operation/provider/model or scope"),
         _field("window_start", TIMESTAMP),

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "costpipe.cli.commands.analytics",
     "costpipe.cli.commands.plan",
     "costpipe.cli.commands.exposure",
+    "costpipe.cli.commands.forecast",
     "costpipe.cli.commands.proxy",
     "costpipe.cli.commands.otlp",
     "costpipe.cli.commands.gpu",
