@@ -19,15 +19,15 @@ def _print(plan, settings) -> None:  # type: ignore[no-untyped-def]
                   f"{hours:.2f} h of GPU samples, scaled to a {month:.0f}-hour month)")
     if plan.moves.height:
         table = Table(title_justify="left")
-        for name in ("operation", "move", "requests/month", "external $/req",
-                     "own $/req marginal", "own $/req new GPU", "economic"):
+        for name in ("operation", "move", "req/month", "ext $/req", "own marginal",
+                     "own new GPU", "economic"):
             table.add_column(name, justify="left" if name == "operation" else "right")
         for row in plan.moves.iter_rows(named=True):
             table.add_row(row["operation"], f"{row['pct']:.1f} %",
                           f"{row['requests_moved'] * per_month:,.0f}",
-                          f"{row['external_cost_per_request']:.6f}",
-                          f"{row['own_marginal_cost_per_request']:.6f}",
-                          f"{row['own_on_new_capacity_cost_per_request']:.6f}",
+                          f"{row['external_cost_per_request']:.3g}",
+                          f"{row['own_marginal_cost_per_request']:.3g}",
+                          f"{row['own_on_new_capacity_cost_per_request']:.3g}",
                           "yes" if row["economic"] else "NO")
         console.print(table)
     if out:
