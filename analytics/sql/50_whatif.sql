@@ -105,3 +105,44 @@ FROM answer;
 -- One operation's move: whatif_shift('voice', 30) moves 30 % of voice's external requests.
 CREATE OR REPLACE MACRO whatif_shift(target_op, pct) AS TABLE
 SELECT * FROM whatif_moves([target_op], [pct]);
+
+-- plan_to_target(0.5): the greedy plan in SQL. Needed requests = target x requests - own
+-- requests, filled from movable operations with a measured own model, economic ones first
+-- (own cost on new GPUs below the external price), by saving per busy GPU-second; each row
+-- is one operation's move with the whole plan's what-if beside it. No rows: nothing to move
+-- (target met, or nothing movable). `costpipe plan` also prices other candidates and keeps the
+-- cheapest (docs/planning.md).
+CREATE OR REPLACE MACRO plan_to_target(target) AS TABLE
+WITH totals AS (
+    SELECT sum(external_requests + own_requests) AS requests, sum(own_requests) AS own
+    FROM capacity_by_operation
+),
+candidates AS (
+    SELECT operation, external_requests,
+        own_on_new_capacity_cost_per_request <= external_cost_per_request AS economic,
+        (external_cost_per_request - own_marginal_cost_per_request)
+            / gpu_seconds_per_request AS saving_per_gpu_second
+    FROM capacity_by_operation
+    WHERE movable AND gpu_seconds_per_request IS NOT NULL AND external_requests > 0
+),
+ordered AS (
+    SELECT c.*, greatest(t.requests * target - t.own, 0) AS needed,
+        coalesce(sum(external_requests) OVER (
+            ORDER BY economic DESC, saving_per_gpu_second DESC, operation
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM candidates c CROSS JOIN totals t
+),
+moves AS (
+    SELECT operation, economic,
+        CAST(least(greatest(needed - before, 0), external_requests) AS DOUBLE)
+            AS requests_moved,
+        100.0 * least(greatest(needed - before, 0), external_requests) / external_requests
+            AS pct
+    FROM ordered
+    WHERE needed - before > 0
+)
+SELECT m.operation, m.pct, m.requests_moved, m.economic, w.*
+FROM moves m
+CROSS JOIN whatif_moves(
+    coalesce((SELECT list(operation) FROM moves), []::VARCHAR[]),
+    coalesce((SELECT list(pct) FROM moves), []::DOUBLE[])) w;

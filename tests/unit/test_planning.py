@@ -198,3 +198,13 @@ def test_plan_properties(tmp_path_factory, text, chat, text_price, chat_price, t
     single = _whatif(con, "text", 100 * needed / text)
     assert plan.outcome["new_total_cost"] <= single["new_total_cost"] + 1e-9
     assert plan.outcome["new_internal_share_requests"] == pytest.approx(target)
+
+
+def test_sql_plan_macro_gives_the_same_plan(fleet):
+    s, con = fleet
+    rows = con.execute("SELECT operation, requests_moved, gpus_to_add, new_total_cost, "
+                       "new_internal_share_requests FROM plan_to_target(0.5)").fetchall()
+    plan = plan_to_target(con, s, 0.5)
+    assert rows == [("text", pytest.approx(540), 1,
+                     pytest.approx(plan.outcome["new_total_cost"]), pytest.approx(0.5))]
+    assert con.execute("SELECT count(*) FROM plan_to_target(0.2)").fetchall()[0][0] == 0

@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
                    "capacity_by_operation, own_gpu_seconds, hourly_load, daily_spend, "
                    "daily_internal_share; macros price_exposure(pct), "
                    "whatif_external_price(pct), whatif_shift(op, pct), "
-                   "whatif_moves(ops, pcts). "
+                   "whatif_moves(ops, pcts), plan_to_target(target). "
                    "End with Ctrl-D or .quit")
         while True:
             try:
