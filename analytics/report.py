@@ -173,6 +173,50 @@ def time_bucket(con: duckdb.DuckDBPyConnection, view: str, where: str = "TRUE"
     raise AssertionError("unreachable: the last bucket has no limit")
 
 
+def _outlook_section(con: duckdb.DuckDBPyConnection) -> str:
+    """Forecast, price exposure and payback (analytics/forecast.py, analytics/exposure.py)."""
+    from costpipe.analytics.exposure import NoInvestmentsError, payback, price_exposure
+    from costpipe.analytics.forecast import forecast, share_trend
+    from costpipe.core.settings import get_settings
+
+    settings = get_settings()
+    last = con.execute('SELECT max("date") FROM costs').fetchall()[0][0]
+    if last is None:
+        return ""
+    as_of = last + dt.timedelta(days=1)  # every recorded day counts as observed
+    totals = forecast(con, settings, today=as_of, by=("provider_kind",))
+    rows = "".join(
+        f"<tr><td>{_esc(r['provider_kind'])}</td><td>${float(r['month_to_date']):,.2f}</td>"
+        f"<td>${r['projected']:,.2f}</td><td>"
+        + ("–" if r["lower"] is None else f"${r['lower']:,.2f} – ${r['upper']:,.2f}")
+        + "</td></tr>" for r in totals.iter_rows(named=True))
+    trend = share_trend(con, settings, today=as_of)
+    share = ("" if trend.get("projected_share") is None else
+             f"<p>Internal share of requests heading for <b>{trend['projected_share']:.1%}"
+             f"</b> at month end (target {settings.target_internal_share:.0%}).</p>")
+    exposure = "".join(
+        f"<tr><td>{_esc(r['provider'])}</td><td>${float(r['external_cost']):,.2f}</td>"
+        f"<td>${float(r['external_delta']):,.2f}</td>"
+        f"<td>${float(r['avoided_spend_delta'] or 0):,.2f}</td></tr>"
+        for r in price_exposure(con, settings, 10).iter_rows(named=True))
+    try:
+        pay = payback(con, settings)
+        payback_line = (f"<p>Payback of ${float(pay.investment):,.0f} invested: "
+                        f"{pay.trend.payback_month or 'not at today' + chr(39) + 's trend'}"
+                        " at today's trend (costpipe payback).</p>")
+    except NoInvestmentsError:
+        payback_line = ("<p class='empty'>Payback: no [[planning.investments]] in the "
+                        "settings.</p>")
+    return ("<div class='card' style='margin-top:20px'><h2>Outlook: month-end forecast "
+            f"(as of the end of {last}; costpipe forecast)</h2><table><thead><tr><th>kind</th>"
+            "<th>month to date</th><th>projected</th><th>95 % interval</th></tr></thead>"
+            f"<tbody id='forecast'>{rows}</tbody></table>{share}"
+            "<h2>Price exposure: +10 % at one provider (costpipe exposure)</h2><table><thead>"
+            "<tr><th>provider</th><th>bill (30 days)</th><th>bill moves by</th>"
+            "<th>avoided spend moves by</th></tr></thead><tbody id='exposure'>"
+            f"{exposure}</tbody></table>{payback_line}</div>")
+
+
 def _plan_section(con: duckdb.DuckDBPyConnection, target: float | None) -> str:
     """The plan to target as a table (analytics/planning.py, docs/planning.md)."""
     from costpipe.analytics.planning import plan_to_target
@@ -282,7 +326,7 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         ("Internal share (requests)", "n/a" if internal is None else f"{internal:.1%}"),
         ("Target", "n/a" if target is None else f"{float(target):.0%}"),
     ]
-    plan = _plan_section(con, target)
+    plan = _plan_section(con, target) + _outlook_section(con)
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     period = f"{summary['first_day'] or '-'} to {summary['last_day'] or '-'}"
     return "".join([
