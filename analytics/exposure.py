@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +42,7 @@ _BATCH_ROWS = 1_000_000
 # What pricing reads from a cost record (it carries the request's usage); timestamp is replaced.
 _PRICING_COLUMNS = ("provider", "provider_kind", "model", "status", "input_tokens",
                     "output_tokens", "cache_read_tokens", "cache_write_tokens", *BILLED_UNITS)
+_SECONDS = frozenset(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_floating(t))
 _CHANGES_SCHEMA = {
     "provider": pl.String, "model": pl.String, "requests": pl.Int64,
     "repriced_requests": pl.Int64, "old_cost": pl.Decimal(38, 12),
@@ -87,7 +89,11 @@ class _ModelChange:
 def _external_batches(con: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime
                       ) -> Iterator[pa.RecordBatch]:
     """External request records in (start, end], usage and recorded cost, in bounded batches."""
-    columns = ", ".join(f'"{name}"' for name in (*_PRICING_COLUMNS, "cost", "date"))
+    present = {row[0] for row in con.execute("DESCRIBE costs").fetchall()}
+    columns = ", ".join(
+        f'"{name}"' if name in present  # a lake written before cost record v2 lacks units
+        else f'CAST(NULL AS {"DOUBLE" if name in _SECONDS else "BIGINT"}) AS "{name}"'
+        for name in (*_PRICING_COLUMNS, "cost", "date", "timestamp"))
     sql = (f"SELECT {columns} FROM costs WHERE provider_kind = 'external' "
            "AND record_type = 'request' AND \"date\" BETWEEN ? AND ? "
            "AND \"timestamp\" > ? AND \"timestamp\" <= ?")
@@ -97,9 +103,18 @@ def _external_batches(con: duckdb.DuckDBPyConnection, start: dt.datetime, end: d
 
 
 def _reprice(batch: pa.RecordBatch, settings: Settings, now: dt.datetime) -> pa.Array:
-    """The batch's cost at the prices in force at `now` (the catalog and the settings today)."""
-    stamp = pa.repeat(pa.scalar(now, TIMESTAMP), batch.num_rows)
-    table = pa.Table.from_batches([batch]).append_column("timestamp", stamp)
+    """The batch's cost at the prices in force at `now` (the catalog and the settings today).
+
+    Each row keeps its time of day (off-peak prices depend on it), moved to the last day
+    ending at or before `now`."""
+    day_us = 86_400_000_000
+    now_us = int(now.timestamp() * 1_000_000)
+    ts = pc.cast(batch.column("timestamp"), pa.int64()).to_numpy()
+    moved = now_us - now_us % day_us + ts % day_us
+    moved = np.where(moved > now_us, moved - day_us, moved)
+    table = pa.Table.from_batches([batch])
+    at = table.column_names.index("timestamp")
+    table = table.set_column(at, "timestamp", pa.array(moved).cast(TIMESTAMP))
     cost, _, _ = price_batch(table, settings)
     return cost
 

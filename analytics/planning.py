@@ -49,8 +49,8 @@ def _candidates(ops: pl.DataFrame, needed: float) -> list[dict[str, float]]:
         <= pl.col("external_cost_per_request"))
     ops = ops.with_columns(per_gpu_second=pl.col("saving") / pl.col("gpu_seconds_per_request"))
     orders = [
-        ops.sort(["economic", "per_gpu_second"], descending=[True, True]),
-        ops.sort(["economic", "saving"], descending=[True, True]),
+        ops.sort(["economic", "per_gpu_second", "operation"], descending=[True, True, False]),
+        ops.sort(["economic", "saving", "operation"], descending=[True, True, False]),
     ]
     out: list[dict[str, float]] = []
     for ordered in orders:
@@ -77,7 +77,7 @@ def plan_to_target(con: duckdb.DuckDBPyConnection, settings: Settings,
                    target: float | None = None) -> Plan:
     """The cheapest measured way to reach `target` (default: settings.target_internal_share)."""
     target = settings.target_internal_share if target is None else target
-    capacity = con.sql("SELECT * FROM capacity_by_operation").pl()
+    capacity = con.sql("SELECT * FROM capacity_by_operation ORDER BY operation").pl()
     requests = int(capacity["external_requests"].sum() + capacity["own_requests"].sum()) \
         if capacity.height else 0
     own = int(capacity["own_requests"].sum()) if capacity.height else 0
@@ -107,7 +107,7 @@ def plan_to_target(con: duckdb.DuckDBPyConnection, settings: Settings,
             best = (moves, outcome)
     assert best is not None
     table = _moves_table(movable, best[0])
-    dear = table.filter(~pl.col("economic"))["operation"].to_list()
+    dear = sorted(table.filter(~pl.col("economic"))["operation"].to_list())
     if dear:
         notes.append("the target needs moving operations whose own cost on new GPUs exceeds "
                      f"their external price: {', '.join(dear)}")
@@ -129,11 +129,12 @@ def _moves_table(movable: pl.DataFrame, moves: dict[str, float]) -> pl.DataFrame
 
 def _unmovable_notes(capacity: pl.DataFrame) -> list[str]:
     notes = []
-    kept = capacity.filter(~pl.col("movable"))["operation"].to_list()
+    kept = sorted(capacity.filter(~pl.col("movable"))["operation"].to_list())
     if kept:
         notes.append(f"kept external (not in planning.movable_operations): {', '.join(kept)}")
     blind = capacity.filter(pl.col("movable") & pl.col("gpu_seconds_per_request").is_null()
                             & (pl.col("external_requests") > 0))["operation"].to_list()
+    blind.sort()
     if blind:
         notes.append("no own model measured yet, so no GPU-seconds per request: "
                      f"{', '.join(blind)}")

@@ -183,7 +183,9 @@ def _outlook_section(con: duckdb.DuckDBPyConnection) -> str:
     last = con.execute('SELECT max("date") FROM costs').fetchall()[0][0]
     if last is None:
         return ""
-    as_of = last + dt.timedelta(days=1)  # every recorded day counts as observed
+    as_of = last + dt.timedelta(days=1)  # every recorded day counts as observed ...
+    if as_of.month != last.month:  # ... unless that starts the next month
+        as_of = last
     totals = forecast(con, settings, today=as_of, by=("provider_kind",))
     rows = "".join(
         f"<tr><td>{_esc(r['provider_kind'])}</td><td>${float(r['month_to_date']):,.2f}</td>"

@@ -114,8 +114,8 @@ class BatchUsage:
 
     def _read(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         n = self.rows
-        if key in ALWAYS_ONE:
-            return np.ones(n, dtype=np.int64), np.ones(n, dtype=bool)
+        if key in ALWAYS_ONE:  # a failed call is not billed per request either
+            return (~self.failed()).astype(np.int64), np.ones(n, dtype=bool)
         if key in DERIVED:
             parts = [self.values(part) for part in DERIVED[key]]
             return (np.sum([p[0] for p in parts], axis=0),

@@ -23,7 +23,7 @@ CREATE OR REPLACE VIEW gpu_power_model AS
 SELECT
     count(DISTINCT gpu_uuid) AS gpus,
     coalesce(regr_intercept(power_w, utilization_pct), avg(power_w), 0) AS idle_power_w,
-    coalesce(regr_slope(power_w, utilization_pct) * 100, 0) AS busy_power_w,
+    greatest(coalesce(regr_slope(power_w, utilization_pct) * 100, 0), 0) AS busy_power_w,
     {{gpu_dollars_per_kwh}} * {{gpu_pue}} / 3600000.0 AS dollars_per_joule
 FROM gpu_samples;
 
@@ -57,12 +57,16 @@ WITH req AS (
         count(*) FILTER (WHERE provider_kind = 'external') AS external_requests,
         count(*) FILTER (WHERE provider_kind = 'internal') AS own_requests,
         coalesce(CAST(sum(cost) FILTER (WHERE provider_kind = 'external') AS DOUBLE), 0)
-            AS external_cost
+            AS external_cost,
+        count(*) FILTER (WHERE provider_kind = 'external' AND pricing_status = 'priced')
+            AS external_priced
     FROM costs WHERE record_type = 'request'
     GROUP BY operation
 ),
 own AS (
-    SELECT operation, count(*) AS n, sum(gpu_seconds) AS gpu_seconds, sum(tokens) AS tokens
+    -- only requests that got GPU time (gpu_unattributed ones have no bucket cost to share)
+    SELECT operation, count(gpu_seconds) AS n, sum(gpu_seconds) AS gpu_seconds,
+           sum(tokens) FILTER (WHERE gpu_seconds IS NOT NULL) AS tokens
     FROM own_gpu_seconds GROUP BY operation
 ),
 loaded AS (
@@ -73,7 +77,7 @@ SELECT
     req.operation,
     list_contains({{planning_movable_operations}}, req.operation) AS movable,
     req.external_requests, req.own_requests, req.external_cost,
-    req.external_cost / nullif(req.external_requests, 0) AS external_cost_per_request,
+    req.external_cost / nullif(req.external_priced, 0) AS external_cost_per_request,
     own.gpu_seconds / nullif(own.n, 0) AS gpu_seconds_per_request,
     own.gpu_seconds * 1000 / nullif(own.tokens, 0) AS gpu_seconds_per_1k_tokens,
     loaded.own_loaded_cost / nullif(req.own_requests, 0) AS own_average_cost_per_request,

@@ -22,13 +22,18 @@ FROM op;
 -- their operation's measured GPU-seconds per request in the hours they were made; they fill
 -- idle capacity first (marginal cost = energy), and only an hour whose load would pass the
 -- target utilisation of the GPUs observed in it needs whole GPUs added, paid for the whole
--- period. GPUs freed by moving work out are reported (gpus_spare), not assumed given back.
+-- lake's period. A shortfall the fleet already has is not charged to the move. GPUs freed by
+-- moving work out are reported (gpus_spare), not assumed given back.
 -- avg_new_total_cost is the naive answer beside it: moved requests at the operation's average
 -- fully loaded own cost per request. Money over the lake's period and per month
 -- (planning.gpu_hours_per_month / observed hours).
 CREATE OR REPLACE MACRO whatif_moves(ops, pcts) AS TABLE
 WITH moves AS (
-    SELECT unnest(ops) AS operation, CAST(unnest(pcts) AS DOUBLE) AS pct
+    -- one row per operation (a repeated one adds up), clamped to what exists to move
+    SELECT operation, greatest(least(sum(pct), 100), -100) AS pct
+    FROM (SELECT unnest(ops) AS operation, CAST(unnest(pcts) AS DOUBLE) AS pct)
+    WHERE operation IS NOT NULL AND pct IS NOT NULL
+    GROUP BY operation
 ),
 op AS (
     SELECT c.*, coalesce(m.pct, 0) AS pct,
@@ -44,17 +49,32 @@ hourly_moved AS (
     WHERE op.pct <> 0
     GROUP BY r.hour
 ),
+fleet_size AS (SELECT max(gpus) AS gpus FROM hourly_load),
 hours AS (
-    SELECT l.*, l.busy_gpu_seconds + coalesce(h.moved_gpu_seconds, 0) AS new_load,
-        {{planning_target_utilization}} * l.gpu_seconds_observed / l.gpus AS usable_per_gpu
-    FROM hourly_load l LEFT JOIN hourly_moved h USING (hour)
-    WHERE l.gpus > 0
+    -- an hour with moved load but no GPU samples counts the fleet for the whole hour
+    SELECT coalesce(l.gpus, f.gpus) AS gpus,
+        coalesce(l.gpu_seconds_observed, 3600.0 * f.gpus) AS gpu_seconds_observed,
+        coalesce(l.busy_gpu_seconds, 0) AS busy,
+        coalesce(l.busy_gpu_seconds, 0) + coalesce(h.moved_gpu_seconds, 0) AS new_load
+    FROM hourly_load l FULL JOIN hourly_moved h USING (hour) CROSS JOIN fleet_size f
 ),
 need AS (
+    -- GPUs short in the worst hour, after the move and before it (a shortfall the fleet
+    -- already has is not the move's)
     SELECT
-        coalesce(max(ceil(new_load / usable_per_gpu) - gpus), 0) AS delta,
-        coalesce(sum(gpu_seconds_observed / gpus), 0) / 3600 AS period_hours
-    FROM hours
+        coalesce(max(ceil(new_load / usable) - gpus), 0) AS after,
+        coalesce(max(ceil(busy / usable) - gpus), 0) AS before
+    FROM (SELECT *, {{planning_target_utilization}} * gpu_seconds_observed / gpus AS usable
+          FROM hours WHERE gpus > 0)
+),
+span AS (
+    -- the lake's period (money below is summed over it): the GPU-observed hours, or the
+    -- span of the cost records when traffic ran outside them
+    SELECT greatest(
+        (SELECT coalesce(sum(gpu_seconds_observed / gpus), 0) FROM hourly_load WHERE gpus > 0),
+        coalesce(epoch(max("timestamp")) - epoch(min("timestamp")), 0),
+        {{gpu_bucket_seconds}}) / 3600 AS period_hours
+    FROM costs
 ),
 fleet AS (
     SELECT
@@ -73,15 +93,18 @@ fleet AS (
 total AS (SELECT coalesce(CAST(sum(cost) AS DOUBLE), 0) AS total_cost FROM costs),
 answer AS (
     SELECT
-        fleet.*, need.period_hours,
-        CASE WHEN fleet.moved_in > 0 THEN greatest(need.delta, 0) ELSE 0 END AS gpus_to_add,
-        greatest(-need.delta, 0) AS gpus_spare,
-        total.total_cost,
-        CASE WHEN fleet.moved_in > 0 THEN greatest(need.delta, 0) ELSE 0 END
-            * need.period_hours
-            * ({{gpu_dollars_per_gpu_hour}} + p.idle_power_w * p.dollars_per_joule * 3600)
-            AS added_gpu_cost
-    FROM fleet CROSS JOIN need CROSS JOIN total CROSS JOIN gpu_power_model p
+        fleet.*, span.period_hours,
+        CASE WHEN fleet.moved_in > 0
+             THEN greatest(need.after - greatest(need.before, 0), 0) ELSE 0 END AS gpus_to_add,
+        greatest(-need.after, 0) AS gpus_spare,
+        total.total_cost, p.idle_power_w, p.dollars_per_joule
+    FROM fleet CROSS JOIN need CROSS JOIN span CROSS JOIN total CROSS JOIN gpu_power_model p
+),
+priced AS (
+    SELECT *, gpus_to_add * period_hours
+        * ({{gpu_dollars_per_gpu_hour}} + idle_power_w * dollars_per_joule * 3600)
+        AS added_gpu_cost
+    FROM answer
 )
 SELECT
     moved_in AS requests_moved_in, moved_out AS requests_moved_out,
@@ -100,7 +123,7 @@ SELECT
     (external_added + average_delta - external_saved)
         * {{planning_gpu_hours_per_month}} / nullif(period_hours, 0) AS avg_monthly_cost_delta,
     unmeasured AS own_model_unmeasured
-FROM answer;
+FROM priced;
 
 -- One operation's move: whatif_shift('voice', 30) moves 30 % of voice's external requests.
 CREATE OR REPLACE MACRO whatif_shift(target_op, pct) AS TABLE
@@ -144,5 +167,5 @@ moves AS (
 SELECT m.operation, m.pct, m.requests_moved, m.economic, w.*
 FROM moves m
 CROSS JOIN whatif_moves(
-    coalesce((SELECT list(operation) FROM moves), []::VARCHAR[]),
-    coalesce((SELECT list(pct) FROM moves), []::DOUBLE[])) w;
+    coalesce((SELECT list(operation ORDER BY operation) FROM moves), []::VARCHAR[]),
+    coalesce((SELECT list(pct ORDER BY operation) FROM moves), []::DOUBLE[])) w;

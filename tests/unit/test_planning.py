@@ -208,3 +208,25 @@ def test_sql_plan_macro_gives_the_same_plan(fleet):
     assert rows == [("text", pytest.approx(540), 1,
                      pytest.approx(plan.outcome["new_total_cost"]), pytest.approx(0.5))]
     assert con.execute("SELECT count(*) FROM plan_to_target(0.2)").fetchall()[0][0] == 0
+
+
+def test_gpu_unattributed_requests_do_not_dilute_gpu_seconds(tmp_path):
+    root = str(tmp_path)
+    _write_fleet(root, FLEET)
+    extra = [_record(10_000 + k, HOUR + dt.timedelta(seconds=5 * k), "text", "internal", "0",
+                     pricing_status="gpu_unattributed") for k in range(720)]
+    write_range(open_lake(root), "costs", pa.Table.from_pylist(extra, schema=COST_RECORD),
+                "c", 1, 0, 0)
+    con = analytics.connect(_settings(root, ["text"]))
+    gs = con.execute("SELECT gpu_seconds_per_request FROM capacity_by_operation "
+                     "WHERE operation = 'text'").fetchall()[0][0]
+    assert gs == pytest.approx(5.0)
+
+
+def test_a_shortfall_the_fleet_already_has_is_not_charged_to_a_small_move(tmp_path):
+    root = str(tmp_path)
+    _write_fleet(root, FLEET, own_cost="0.009")  # 90 % busy: over the 70 % target already
+    con = analytics.connect(_settings(root, ["text"]))
+    got = _whatif(con, "text", 1)
+    assert got["gpus_to_add"] == 0
+    assert got["new_total_cost"] < got["total_cost"]

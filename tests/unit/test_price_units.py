@@ -132,3 +132,9 @@ def test_override_in_characters_replaces_the_catalog_price_and_v1_events_still_p
                    "status")}
     priced = _priced([_event("openai", "tts-1", 0, input_characters=1000), v1], s)
     assert priced == [(Decimal("0.012"), "priced"), (Decimal("0.00015"), "priced")]
+
+
+def test_a_failed_call_pays_no_per_request_fee() -> None:
+    ok, failed = _priced([_event("perplexity", "sonar", 0),
+                          {**_event("perplexity", "sonar", 1), "status": "error"}])
+    assert ok[0] > 0 and failed == (0, "priced")

@@ -121,7 +121,11 @@ def register(app: typer.Typer) -> None:
             if with_plan and saving is None:
                 from costpipe.analytics.planning import plan_to_target
 
-                outcome = plan_to_target(con, settings).outcome
+                planned = plan_to_target(con, settings)
+                if not planned.reachable and not planned.already_met:
+                    typer.echo("note: the target cannot be reached with the movable "
+                               "operations; the plan's saving is for moving all of them")
+                outcome = planned.outcome
                 plan_saving = -Decimal(repr(outcome.get("monthly_cost_delta") or 0.0))
                 result = compute(con, settings, result.trend.monthly_saving + plan_saving)
         except NoInvestmentsError as exc:
