@@ -16,7 +16,7 @@ def _print(plan, settings) -> None:  # type: ignore[no-untyped-def]
     per_month = month / hours if hours else 0.0
     current = "–" if plan.current_share is None else f"{plan.current_share:.1%}"
     console.print(f"Plan to {plan.target:.0%} internal requests (now {current}; measured over "
-                  f"{hours:.2f} h of GPU samples, scaled to a {month:.0f}-hour month)")
+                  f"{hours:.2f} h of the lake, scaled to a {month:.0f}-hour month)")
     if plan.moves.height:
         table = Table(title_justify="left")
         for name in ("operation", "move", "req/month", "ext $/req", "own marginal",
