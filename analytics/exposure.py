@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import Settings
 from costpipe.schemas.records import BILLED_UNITS, TIMESTAMP
-from costpipe.streams.pricing import price_batch
 
 __all__ = [
     "NoInvestmentsError",
@@ -102,7 +101,13 @@ def _external_batches(con: duckdb.DuckDBPyConnection, start: dt.datetime, end: d
     yield from reader
 
 
-def _reprice(batch: pa.RecordBatch, settings: Settings, now: dt.datetime) -> pa.Array:
+# streams.pricing.price_batch: the query layer may not import the stream processors, so the
+# caller (the CLI) hands the pricing function in.
+PriceBatch = Callable[[pa.Table, Settings], tuple[pa.Array, pa.Array, pa.Array]]
+
+
+def _reprice(batch: pa.RecordBatch, settings: Settings, now: dt.datetime,
+             price_batch: PriceBatch) -> pa.Array:
     """The batch's cost at the prices in force at `now` (the catalog and the settings today).
 
     Each row keeps its time of day (off-peak prices depend on it), moved to the last day
@@ -144,7 +149,8 @@ def _observed_days(first: dt.date | None, last: dt.date | None, days: int) -> in
     return max(1, min(days, (last - first).days + 1))
 
 
-def catalog_changes(con: duckdb.DuckDBPyConnection, settings: Settings, days: int = 30,
+def catalog_changes(con: duckdb.DuckDBPyConnection, settings: Settings,
+                    price_batch: PriceBatch, days: int = 30,
                     now: dt.datetime | None = None) -> pl.DataFrame:
     """Provider x model rows whose cost changes when re-priced at today's prices.
 
@@ -170,7 +176,7 @@ def catalog_changes(con: duckdb.DuckDBPyConnection, settings: Settings, days: in
         low, high = pc.min_max(batch.column("date")).values()
         first = low.as_py() if first is None else min(first, low.as_py())
         last = high.as_py() if last is None else max(last, high.as_py())
-        _add_batch(totals, batch, _reprice(batch, settings, now))
+        _add_batch(totals, batch, _reprice(batch, settings, now, price_batch))
     scale = Decimal(DAYS_PER_MONTH) / _observed_days(first, last, days)
     rows = [
         {"provider": provider, "model": model, "requests": t.requests,

@@ -113,6 +113,9 @@ def test_every_documented_worker_metric_moves(kafka_bootstrap: str, tmp_path: Pa
         run.send(t.gpu, work.samples[:1], "gpu_sample")  # a sampler that re-sent a batch
         run.send(t.requests, [_request("unknown-model", work.start, "openai", "no-such-model")],
                  "request_event")
+        # speech billed per character, sent without characters: unpriced_unit, never $0
+        run.send(t.requests, [_request("no-characters", work.start, "openai", "tts-1")],
+                 "request_event")
         run.send_raw(t.requests, b"\x00not arrow", headers_for("arrow", "request_event"))
         time.sleep(2)
         run.push_event_time(work.end + dt.timedelta(minutes=2))
@@ -147,11 +150,13 @@ def test_every_documented_worker_metric_moves(kafka_bootstrap: str, tmp_path: Pa
             == work.samples[0].num_rows
         assert value(s, "costpipe_unpriced_requests_total", provider="openai",
                      model="no-such-model") == 1
+        assert value(s, "costpipe_unpriced_unit_requests_total", provider="openai",
+                     model="tts-1", unit="input_characters") == 1
         assert value(s, "costpipe_late_internal_requests_total") == 1
         assert value(s, "costpipe_alerts_total", rule="budget_hour") is not None
-        # + the retried batch, the unknown model, the request with no samples, the late one
-        # and one event-time push per requests partition
-        received = requests + work.requests[0].num_rows + 3 + t.partitions
+        # + the retried batch, the unknown model, the speech without characters, the request
+        # with no samples, the late one and one event-time push per requests partition
+        received = requests + work.requests[0].num_rows + 4 + t.partitions
         assert value(s, stage, stage="costing", direction="in") == received
         assert value(s, stage, stage="gpu_forward", direction="in") \
             == samples_sent + work.samples[0].num_rows + 2

@@ -33,6 +33,7 @@ from costpipe.lake.layout import open_lake
 from costpipe.lake.writer import write_range
 from costpipe.schemas.records import COST_RECORD, REQUEST_EVENT
 from costpipe.streams.costing import cost_records
+from costpipe.streams.pricing import price_batch
 
 D = Decimal
 _counter = iter(range(1_000_000))
@@ -119,7 +120,7 @@ def test_exposure_on_an_empty_lake(tmp_path):
     settings = Settings(lake=LakeSettings(location=str(tmp_path / "none")))
     con = analytics.connect(settings)
     assert price_exposure(con, settings).height == 0
-    assert catalog_changes(con, settings).height == 0
+    assert catalog_changes(con, settings, price_batch).height == 0
 
 
 # ------------------------------------------------------------------ catalog changes
@@ -148,12 +149,13 @@ def test_contract_override_change_is_reported_with_its_delta(tmp_path):
     settings = _priced_lake(tmp_path, events, Settings())
     con = analytics.connect(settings)
     now = _at(dt.date(2026, 11, 25))
-    assert catalog_changes(con, settings, days=30, now=now).height == 0  # nothing changed
+    unchanged = catalog_changes(con, settings, price_batch, days=30, now=now)
+    assert unchanged.height == 0  # nothing changed
     contract = settings.model_copy(deep=True)
     contract.pricing = PricingSettings(overrides=[PriceOverride(
         provider="openai", model="gpt-4o-mini", input_per_mtok=D("0.10"),
         output_per_mtok=D("0.40"))])
-    df = catalog_changes(con, contract, days=30, now=now)
+    df = catalog_changes(con, contract, price_batch, days=30, now=now)
     assert df.height == 1
     row = df.to_dicts()[0]
     assert (row["provider"], row["model"]) == ("openai", "gpt-4o-mini")
@@ -170,7 +172,8 @@ def test_discount_change_is_reported(tmp_path):
     con = analytics.connect(settings)
     discounted = settings.model_copy(deep=True)
     discounted.pricing = PricingSettings(discounts={"openai": D("0.2")})
-    row = catalog_changes(con, discounted, now=_at(dt.date(2026, 11, 22))).to_dicts()[0]
+    row = catalog_changes(con, discounted, price_batch,
+                          now=_at(dt.date(2026, 11, 22))).to_dicts()[0]
     assert row["delta"] == D("-0.09")  # 20 % of $0.45
     assert row["monthly_delta"] == D("-2.70")  # one day of data, x 30
 
@@ -186,8 +189,8 @@ def test_catalog_price_change_is_reported(tmp_path):
     con = analytics.connect(settings)
     recorded = con.sql("SELECT sum(cost) FROM costs WHERE provider = 'mistral'").fetchall()
     assert recorded[0][0] == D("1.2")  # 2 x (0.40 + 0.20)
-    assert catalog_changes(con, settings, now=_at(dt.date(2026, 6, 15))).height == 0
-    df = catalog_changes(con, settings, days=30, now=_at(dt.date(2026, 6, 20)))
+    assert catalog_changes(con, settings, price_batch, now=_at(dt.date(2026, 6, 15))).height == 0
+    df = catalog_changes(con, settings, price_batch, days=30, now=_at(dt.date(2026, 6, 20)))
     assert df["model"].to_list() == ["mistral-medium-latest"]  # gpt-4o-mini did not change
     row = df.to_dicts()[0]
     assert row["old_cost"] == D("1.2")
@@ -195,7 +198,8 @@ def test_catalog_price_change_is_reported(tmp_path):
     assert row["delta"] == D("3.3")
     assert row["monthly_delta"] == D("33")  # 3.3 over 3 observed days, x 30 / 3
     # a window that ends before the traffic sees none of it
-    assert catalog_changes(con, settings, days=3, now=_at(dt.date(2026, 6, 20))).height == 0
+    late = catalog_changes(con, settings, price_batch, days=3, now=_at(dt.date(2026, 6, 20)))
+    assert late.height == 0
 
 
 # ------------------------------------------------------------------ payback

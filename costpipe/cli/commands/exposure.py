@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
         con = analytics.connect(settings)
         typer.echo(f"Price exposure: {pct:+g} % per provider, last {days} day(s) of the lake")
         _print_table(_exposure_table(price_exposure(con, settings, pct, days)))
-        changes = catalog_changes(con, settings, days)
+        from costpipe.streams.pricing import price_batch
+
+        changes = catalog_changes(con, settings, price_batch, days)
         if changes.height == 0:
             typer.echo(f"Catalog changes: none; no price the fleet used has changed "
                        f"(last {days} day(s))")
