@@ -27,6 +27,7 @@ Vectorised: rows are grouped by (provider, model, UTC day); each group resolves 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -39,7 +40,7 @@ from genai_prices import data_snapshot
 from genai_prices.types import TieredPrices, TimeOfDateConstraint
 
 from costpipe.core.metrics import UNPRICED, UNPRICED_UNIT
-from costpipe.core.money import PICO, pico_to_money, to_pico
+from costpipe.core.money import PICO, pico_to_money
 from costpipe.core.settings import PriceOverride, Settings
 from costpipe.streams.price_units import (
     BatchUsage,
@@ -155,14 +156,34 @@ def _cost_pico(prices: PriceList, counts: np.ndarray, total_input: np.ndarray) -
     table = prices.pico_per_count()
     if table is not None:
         return np.einsum("ij,ij->i", counts, table[segment])
-    out = np.empty(len(counts), dtype=np.int64)  # rare: a price not integral per count
-    divisors = [Decimal(d) for d in prices.divisors()]
-    for row in range(len(counts)):
-        seg = prices.segments[int(segment[row])]
-        terms = zip(counts[row], seg, divisors, strict=True)
-        exact = sum((Decimal(int(c)) * p / d for c, p, d in terms), Decimal(0))
-        out[row] = to_pico(exact)
-    return out
+    return _exact_cost_pico(prices, counts, segment)
+
+
+@lru_cache(maxsize=4096)
+def _rational_table(segments: tuple[tuple[Decimal, ...], ...], divisors: tuple[int, ...]
+                    ) -> tuple[np.ndarray, int]:
+    """(object [segment, unit] integer coefficients, common denominator D): a price of p per
+    `divisor` counts is coef / D pico-dollars per count, exactly."""
+    ratios = [[(p * PICO).as_integer_ratio() for p in segment] for segment in segments]
+    denominator = math.lcm(*(d * div for row in ratios
+                             for (_, d), div in zip(row, divisors, strict=True)))
+    table = np.array([[n * (denominator // (d * div))
+                       for (n, d), div in zip(row, divisors, strict=True)] for row in ratios],
+                     dtype=object)
+    return table, denominator
+
+
+def _exact_cost_pico(prices: PriceList, counts: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Rare prices that are not whole pico-dollars per count (an hourly audio price counted in
+    ms, $12 per 1,000 requests): exact rationals on Python integers, whole columns at a time,
+    rounded half-even to the pico-dollar once per row."""
+    table, denominator = _rational_table(prices.segments, prices.divisors())
+    numerators = (counts.astype(object) * table[segment]).sum(axis=1)
+    numerators = np.asarray(numerators, dtype=object).reshape(-1)
+    quotient, remainder = numerators // denominator, numerators % denominator
+    twice = remainder * 2
+    up = (twice > denominator) | ((twice == denominator) & (quotient % 2 == 1))
+    return (quotient + up.astype(object)).astype(np.int64)
 
 
 def _days(batch: pa.RecordBatch | pa.Table) -> np.ndarray:

@@ -3,7 +3,12 @@
 -- (bucket busy share) x (its token weight share) of its GPU bucket's cost, so its cost over
 -- the bucket's whole GPU cost (requests + idle line) times the bucket length is its busy time.
 CREATE OR REPLACE VIEW own_gpu_seconds AS
-WITH bucket AS (
+WITH share AS (
+    -- a MIG instance (or the parent's unpartitioned rest) is gpu_fraction of a physical GPU
+    SELECT gpu_uuid, coalesce(any_value(gpu_fraction), 1.0) AS fraction
+    FROM gpu_samples GROUP BY gpu_uuid
+),
+bucket AS (
     SELECT gpu_uuid, bucket_start, sum(cost) AS gpu_cost
     FROM costs
     WHERE provider_kind = 'internal' AND gpu_uuid IS NOT NULL AND bucket_start IS NOT NULL
@@ -12,9 +17,10 @@ WITH bucket AS (
 SELECT c.timestamp, date_trunc('hour', c.timestamp) AS hour, c.operation, c.provider, c.model,
        c.gpu_uuid, c.input_tokens + c.output_tokens AS tokens,
        CAST(c.cost AS DOUBLE) / nullif(CAST(b.gpu_cost AS DOUBLE), 0)
-           * {{gpu_bucket_seconds}} AS gpu_seconds
+           * {{gpu_bucket_seconds}} * coalesce(share.fraction, 1.0) AS gpu_seconds
 FROM costs c
 JOIN bucket b USING (gpu_uuid, bucket_start)
+LEFT JOIN share USING (gpu_uuid)
 WHERE c.provider_kind = 'internal' AND c.record_type = 'request';
 
 -- gpu_power_model: power = idle + busy x utilisation, fitted over every GPU sample; the energy
@@ -27,13 +33,18 @@ SELECT
     {{gpu_dollars_per_kwh}} * {{gpu_pue}} / 3600000.0 AS dollars_per_joule
 FROM gpu_samples;
 
--- hourly_load: per UTC hour, the GPUs that reported, the GPU-seconds they were observed for
--- (a partial hour counts only its observed seconds) and the busy GPU-seconds own requests took.
+-- hourly_load: per UTC hour, the physical GPUs that reported (MIG instances by their
+-- gpu_fraction), the GPU-seconds they were observed for (a partial hour counts only its
+-- observed seconds) and the busy GPU-seconds own requests took (own_gpu_seconds, physical).
 CREATE OR REPLACE VIEW hourly_load AS
-WITH cap AS (
-    SELECT date_trunc('hour', timestamp) AS hour, count(DISTINCT gpu_uuid) AS gpus,
-           sum(interval_s) AS gpu_seconds_observed
-    FROM gpu_samples GROUP BY 1
+WITH per_gpu AS (
+    SELECT date_trunc('hour', timestamp) AS hour, gpu_uuid,
+           coalesce(any_value(gpu_fraction), 1.0) AS fraction, sum(interval_s) AS seconds
+    FROM gpu_samples GROUP BY 1, 2
+),
+cap AS (
+    SELECT hour, sum(fraction) AS gpus, sum(seconds * fraction) AS gpu_seconds_observed
+    FROM per_gpu GROUP BY 1
 ),
 busy AS (SELECT hour, sum(gpu_seconds) AS busy_gpu_seconds FROM own_gpu_seconds GROUP BY 1)
 SELECT cap.hour, cap.gpus, cap.gpu_seconds_observed,

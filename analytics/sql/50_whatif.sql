@@ -62,8 +62,8 @@ need AS (
     -- GPUs short in the worst hour, after the move and before it (a shortfall the fleet
     -- already has is not the move's)
     SELECT
-        coalesce(max(ceil(new_load / usable) - gpus), 0) AS after,
-        coalesce(max(ceil(busy / usable) - gpus), 0) AS before
+        coalesce(max(ceil(new_load / usable - gpus)), 0) AS after,
+        coalesce(max(ceil(busy / usable - gpus)), 0) AS before
     FROM (SELECT *, {{planning_target_utilization}} * gpu_seconds_observed / gpus AS usable
           FROM hours WHERE gpus > 0)
 ),

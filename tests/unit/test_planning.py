@@ -53,7 +53,8 @@ def _record(i: int, ts: dt.datetime, op: str, kind: str, cost: str, **extra) -> 
 
 
 def _write_fleet(root: str, external: dict[str, tuple[int, str]], own_cost: str = "0.005",
-                 bucket_cost: str = "0.01", gpus: int = 2) -> None:
+                 bucket_cost: str = "0.01", gpus: int = 2, fraction: float | None = None
+                 ) -> None:
     lake = open_lake(root)
     rows, samples, i = [], [], 0
     for b in range(360):
@@ -71,7 +72,7 @@ def _write_fleet(root: str, external: dict[str, tuple[int, str]], own_cost: str 
             util = 40.0 if b % 2 else 60.0
             samples.append({"timestamp": bucket, "host": "h", "gpu_uuid": gpu, "gpu_index": g,
                             "utilization_pct": util, "power_w": 100 + 3 * util,
-                            "interval_s": 10.0})
+                            "interval_s": 10.0, "gpu_fraction": fraction})
     for op, (count, price) in external.items():
         for k in range(count):
             ts = HOUR + dt.timedelta(seconds=3600 * k / count)
@@ -230,3 +231,15 @@ def test_a_shortfall_the_fleet_already_has_is_not_charged_to_a_small_move(tmp_pa
     got = _whatif(con, "text", 1)
     assert got["gpus_to_add"] == 0
     assert got["new_total_cost"] < got["total_cost"]
+
+
+def test_mig_instances_count_by_their_share_of_a_physical_gpu(tmp_path):
+    root = str(tmp_path)
+    _write_fleet(root, FLEET, fraction=0.5)  # the two devices are halves of one GPU
+    con = analytics.connect(_settings(root, ["text"]))
+    gpus, observed, busy = con.execute("SELECT gpus, gpu_seconds_observed, busy_gpu_seconds "
+                                       "FROM hourly_load").fetchall()[0]
+    assert (gpus, observed, busy) == (pytest.approx(1.0), pytest.approx(3600),
+                                      pytest.approx(1800))
+    got = _whatif(con, "text", 20)  # +200 x 2.5 s = 2,300 of 2,520 usable: still one GPU
+    assert got["gpus_to_add"] == 0
