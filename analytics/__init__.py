@@ -72,10 +72,11 @@ def _empty(table_name: str) -> str:
 def _source(lake: Lake, table_name: str) -> str:
     if lake.has_files(table_name):
         glob = lake.glob(table_name).replace("'", "''")
-        return (
-            f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
-            "hive_types = {'date': DATE, 'hour': INTEGER})"
-        )
+        files = (f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
+                 "hive_types = {'date': DATE, 'hour': INTEGER})")
+        # by name with the empty typed relation: a column no file has yet (files written
+        # before it was added to the schema) reads as NULL, as on a remote lake
+        return f"({_empty(table_name)} UNION ALL BY NAME SELECT * FROM {files})"
     return _empty(table_name)
 
 

@@ -41,7 +41,6 @@ _BATCH_ROWS = 1_000_000
 # What pricing reads from a cost record (it carries the request's usage); timestamp is replaced.
 _PRICING_COLUMNS = ("provider", "provider_kind", "model", "status", "input_tokens",
                     "output_tokens", "cache_read_tokens", "cache_write_tokens", *BILLED_UNITS)
-_SECONDS = frozenset(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_floating(t))
 _CHANGES_SCHEMA = {
     "provider": pl.String, "model": pl.String, "requests": pl.Int64,
     "repriced_requests": pl.Int64, "old_cost": pl.Decimal(38, 12),
@@ -88,11 +87,7 @@ class _ModelChange:
 def _external_batches(con: duckdb.DuckDBPyConnection, start: dt.datetime, end: dt.datetime
                       ) -> Iterator[pa.RecordBatch]:
     """External request records in (start, end], usage and recorded cost, in bounded batches."""
-    present = {row[0] for row in con.execute("DESCRIBE costs").fetchall()}
-    columns = ", ".join(
-        f'"{name}"' if name in present  # a lake written before cost record v2 lacks units
-        else f'CAST(NULL AS {"DOUBLE" if name in _SECONDS else "BIGINT"}) AS "{name}"'
-        for name in (*_PRICING_COLUMNS, "cost", "date", "timestamp"))
+    columns = ", ".join(f'"{name}"' for name in (*_PRICING_COLUMNS, "cost", "date", "timestamp"))
     sql = (f"SELECT {columns} FROM costs WHERE provider_kind = 'external' "
            "AND record_type = 'request' AND \"date\" BETWEEN ? AND ? "
            "AND \"timestamp\" > ? AND \"timestamp\" <= ?")

@@ -92,12 +92,6 @@ def _table(con: Any, title: str, sql: str, percent: set[str] | None = None) -> T
     return table
 
 
-def _has_voice_units(con: Any) -> bool:
-    """A lake written before the voice units (cost record v1) has no such columns."""
-    columns = {row[0] for row in con.execute("DESCRIBE costs").fetchall()}
-    return {"input_characters", "input_audio_seconds", "output_audio_seconds"} <= columns
-
-
 def print_summary(settings: Settings, console: Console,
                   simulated: SimulationSummary | None = None) -> None:
     from costpipe import analytics
@@ -113,9 +107,8 @@ def print_summary(settings: Settings, console: Console,
         console.print(_table(con, "Cost per operation, own (fully loaded incl. idle GPU) vs "
                                   "external (USD)", COST_SQL))
         console.print(_table(con, "Totals and avoided spend (USD)", TOTALS_SQL))
-        if _has_voice_units(con):
-            console.print(_table(con, "Voice: external spend (priced per character / audio "
-                                      "second) and avoided spend (USD)", VOICE_SQL))
+        console.print(_table(con, "Voice: external spend (priced per character / audio "
+                                  "second) and avoided spend (USD)", VOICE_SQL))
         console.print(_table(con, "Recent alerts", ALERTS_SQL))
     finally:
         con.close()
