@@ -25,17 +25,16 @@ from costpipe.core.money import MONEY_QUANTUM
 from costpipe.core.settings import IngestSettings
 from costpipe.schemas.envelope import ARROW, ENCODING_HEADER, JSON, Headers, header_value
 from costpipe.schemas.records import (
-    BILLED_UNITS,
+    COUNT_UNITS,
     MAX_AUDIO_SECONDS,
     MAX_TOKENS,
     PROVIDER_KINDS,
     REQUEST_EVENT,
+    SECONDS_UNITS,
     STATUSES,
 )
 
 TOKEN_FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-COUNT_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_integer(t))
-SECONDS_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_floating(t))
 # A usage refinement is part of its parent: together they must not exceed it.
 PARTS: Final[dict[str, tuple[str, ...]]] = {
     "input_tokens": ("input_audio_tokens", "input_image_tokens"),

@@ -61,6 +61,8 @@ BILLED_UNITS: Final[dict[str, tuple[pa.DataType, str]]] = {
     "input_audio_seconds": (pa.float64(), "Seconds of audio sent (transcription)"),
     "output_audio_seconds": (pa.float64(), "Seconds of audio returned (speech)"),
 }
+COUNT_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_integer(t))
+SECONDS_UNITS: Final = tuple(n for n, (t, _) in BILLED_UNITS.items() if pa.types.is_floating(t))
 MAX_AUDIO_SECONDS: Final = 7 * 86_400.0  # one request above a week of audio is a bug upstream
 
 

@@ -27,11 +27,11 @@ import pyarrow.compute as pc
 from genai_prices.data_units import unit_data
 from genai_prices.units import UnitDef, UnitRegistry
 
-from costpipe.schemas.records import BILLED_UNITS
+from costpipe.schemas.records import BILLED_UNITS, SECONDS_UNITS
 
 TOKEN_COLUMNS: Final = ("input_tokens", "output_tokens", "cache_read_tokens",
                         "cache_write_tokens")
-SECONDS: Final = ("input_audio_seconds", "output_audio_seconds")
+SECONDS: Final = SECONDS_UNITS  # input, output
 DERIVED: Final[dict[str, tuple[str, ...]]] = {"audio_seconds": SECONDS}
 ALWAYS_ONE: Final = ("requests",)
 # A priced unit no event carries counts as 0 when it is an add-on to a price we do carry (a web
