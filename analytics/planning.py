@@ -43,14 +43,11 @@ def _whatif(con: duckdb.DuckDBPyConnection, moves: dict[str, float]) -> dict[str
 
 def _candidates(ops: pl.DataFrame, needed: float) -> list[dict[str, float]]:
     """Moves (operation -> pct of its external requests) that each reach `needed` requests."""
-    ops = ops.with_columns(
-        saving=pl.col("external_cost_per_request") - pl.col("own_marginal_cost_per_request"),
-        economic=pl.col("own_on_new_capacity_cost_per_request")
-        <= pl.col("external_cost_per_request"))
-    ops = ops.with_columns(per_gpu_second=pl.col("saving") / pl.col("gpu_seconds_per_request"))
     orders = [
-        ops.sort(["economic", "per_gpu_second", "operation"], descending=[True, True, False]),
-        ops.sort(["economic", "saving", "operation"], descending=[True, True, False]),
+        ops.sort(["economic", "saving_per_gpu_second", "operation"],
+                 descending=[True, True, False]),
+        ops.sort(["economic", "saving_per_request", "operation"],
+                 descending=[True, True, False]),
     ]
     out: list[dict[str, float]] = []
     for ordered in orders:
@@ -77,7 +74,7 @@ def plan_to_target(con: duckdb.DuckDBPyConnection, settings: Settings,
                    target: float | None = None) -> Plan:
     """The cheapest measured way to reach `target` (default: settings.target_internal_share)."""
     target = settings.target_internal_share if target is None else target
-    capacity = con.sql("SELECT * FROM capacity_by_operation ORDER BY operation").pl()
+    capacity = con.sql("SELECT * FROM move_ranking ORDER BY operation").pl()
     requests = int(capacity["external_requests"].sum() + capacity["own_requests"].sum()) \
         if capacity.height else 0
     own = int(capacity["own_requests"].sum()) if capacity.height else 0
@@ -120,8 +117,7 @@ def _moves_table(movable: pl.DataFrame, moves: dict[str, float]) -> pl.DataFrame
     return rows.with_columns(pct).select(
         pl.col("operation"), pl.col("pct"),
         (pl.col("external_requests") * pl.col("pct") / 100).alias("requests_moved"),
-        (pl.col("own_on_new_capacity_cost_per_request")
-         <= pl.col("external_cost_per_request")).alias("economic"),
+        pl.col("economic"),
         pl.col("external_cost_per_request"), pl.col("own_marginal_cost_per_request"),
         pl.col("own_on_new_capacity_cost_per_request"),
     ).sort("operation")

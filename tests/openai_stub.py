@@ -37,6 +37,14 @@ TEXT_TOKENS = 3  # gpt-4o-transcribe usage: the text part of input tokens
 NOT_WAV_SECONDS = 3.0  # what the stub "hears" in an upload it cannot decode
 
 
+SPEECH_TEXT = "Hällo wörld, this is a secret sentence 🎉"  # 40 code points, 45 UTF-8 bytes
+UPLOAD_SECONDS = 12.5  # of the recording the audio tests upload (16 kHz 16-bit mono WAV)
+
+
+def upload_wav(seconds: float = UPLOAD_SECONDS) -> bytes:
+    return wav_file(b"\x01\x02" * int(16_000 * seconds), rate=16_000)
+
+
 def speech_pcm(text: str) -> bytes:
     """The pcm samples the stub speaks for `text` (a fixed pattern, len(text) * 0.05 s)."""
     n = len(text) * SPEECH_BYTES_PER_CHAR

@@ -102,3 +102,14 @@ FROM req
 LEFT JOIN own USING (operation)
 LEFT JOIN loaded USING (operation)
 CROSS JOIN gpu_power_model p;
+
+-- move_ranking: what the plan orders moves by. economic = own cost on new GPUs at or below
+-- the external price; saving = external price - own marginal cost, per request and per busy
+-- GPU-second.
+CREATE OR REPLACE VIEW move_ranking AS
+SELECT *,
+    own_on_new_capacity_cost_per_request <= external_cost_per_request AS economic,
+    external_cost_per_request - own_marginal_cost_per_request AS saving_per_request,
+    (external_cost_per_request - own_marginal_cost_per_request)
+        / gpu_seconds_per_request AS saving_per_gpu_second
+FROM capacity_by_operation;

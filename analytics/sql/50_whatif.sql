@@ -141,11 +141,8 @@ WITH totals AS (
     FROM capacity_by_operation
 ),
 candidates AS (
-    SELECT operation, external_requests,
-        own_on_new_capacity_cost_per_request <= external_cost_per_request AS economic,
-        (external_cost_per_request - own_marginal_cost_per_request)
-            / gpu_seconds_per_request AS saving_per_gpu_second
-    FROM capacity_by_operation
+    SELECT operation, external_requests, economic, saving_per_gpu_second
+    FROM move_ranking
     WHERE movable AND gpu_seconds_per_request IS NOT NULL AND external_requests > 0
 ),
 ordered AS (

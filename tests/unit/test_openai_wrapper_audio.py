@@ -21,19 +21,21 @@ from costpipe.collectors.openai_wrapper import wrap_openai
 from costpipe.core.settings import load_settings
 from tests.openai_stub import (
     AUDIO_TOKENS_PER_SECOND,
+    SPEECH_TEXT,
     TEXT_TOKENS,
     TRANSCRIPT,
+    UPLOAD_SECONDS,
     StubUpstream,
     speech_pcm,
     speech_seconds,
     speech_usage,
+    upload_wav,
     wav_file,
 )
 from tests.proxy_harness import ListSink, Servers
 
-TEXT = "Hällo wörld, this is a secret sentence 🎉"
-UPLOAD_SECONDS = 12.5
-UPLOAD = wav_file(b"\x01\x02" * int(16_000 * UPLOAD_SECONDS), rate=16_000)
+TEXT = SPEECH_TEXT
+UPLOAD = upload_wav()
 AUDIO_TOKENS = round(UPLOAD_SECONDS * AUDIO_TOKENS_PER_SECOND)
 UNITS = ("input_tokens", "output_tokens", "input_audio_tokens", "output_audio_tokens",
          "input_characters", "input_audio_seconds", "output_audio_seconds")

@@ -21,19 +21,21 @@ from costpipe.collectors.proxy import read_form
 from tests.openai_stub import (
     AUDIO_TOKENS_PER_SECOND,
     NOT_WAV_SECONDS,
+    SPEECH_TEXT,
     TEXT_TOKENS,
     TRANSCRIPT,
+    UPLOAD_SECONDS,
     StubUpstream,
     speech_pcm,
     speech_seconds,
     speech_usage,
+    upload_wav,
     wav_file,
 )
 from tests.proxy_harness import ListSink, Servers
 
-TEXT = "Hällo wörld, this is a secret sentence 🎉"  # 40 code points, 45 UTF-8 bytes
-UPLOAD_SECONDS = 12.5
-UPLOAD = wav_file(b"\x01\x02" * int(16_000 * UPLOAD_SECONDS), rate=16_000)
+TEXT = SPEECH_TEXT
+UPLOAD = upload_wav()
 
 
 @pytest.fixture
