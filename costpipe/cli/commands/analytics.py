@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
             return
         typer.echo("costpipe sql: views costs, gpu_samples, idle_cost, windows, alerts, "
                    "dependency_share, cost_per_operation, avoided_spend, breakeven, "
-                   "capacity_by_operation, own_gpu_seconds, hourly_load, daily_spend, "
+                   "capacity_by_operation, move_ranking, own_gpu_seconds, hourly_load, "
+                   "daily_spend, "
                    "daily_internal_share; macros price_exposure(pct), "
                    "whatif_external_price(pct), whatif_shift(op, pct), "
                    "whatif_moves(ops, pcts), plan_to_target(target). "
