@@ -1,32 +1,31 @@
-"""A single self-contained HTML report (inline SVG drawn here, no CDN, works offline).
+"""A single self-contained HTML report (inline SVG, no CDN, works offline).
 
-Why SVG from Python: the report is mailed around and opened on laptops without network; the
-charts are plain SVG elements, and a tiny inline script checks after load that every chart laid
-out marks (non-zero bounding boxes) and stamps `data-drawn` on it, which the browser test reads.
+Why SVG rendered in Python: the report is mailed around and opened on laptops without network.
+The charts are the dashboard's own Vega-Lite specs (analytics/charts.py) rendered to static SVG
+by vl-convert, so page and report draw the same chart; a tiny inline script checks after load
+that every chart laid out marks (non-zero bounding boxes) and stamps `data-drawn` on it, which
+the browser test reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 
 from costpipe import analytics
-
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 300, 56, 16, 16, 44
-COLORS = ("#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
+from costpipe.analytics import charts
 
 _SCRIPT = """
 document.addEventListener('DOMContentLoaded', function () {
-  var charts = document.querySelectorAll('svg.chart'); var ok = 0;
-  charts.forEach(function (svg) {
-    var marks = svg.querySelectorAll('.mark'); var drawn = 0;
+  var charts = document.querySelectorAll('figure.chart'); var ok = 0;
+  charts.forEach(function (fig) {
+    var marks = fig.querySelectorAll('svg .role-mark > *'); var drawn = 0;
     marks.forEach(function (m) { var b = m.getBBox(); if (b.width > 0 || b.height > 0) drawn++; });
-    svg.setAttribute('data-drawn', String(drawn));
+    fig.setAttribute('data-drawn', String(drawn));
     if (drawn > 0) ok++;
   });
   document.body.setAttribute('data-charts-drawn', String(ok));
@@ -44,7 +43,7 @@ h1{font-size:22px}h2{font-size:16px;margin:0 0 8px}
 .tile b{display:block;font-size:18px}
 table{border-collapse:collapse;font-size:13px;width:100%}
 td,th{border-bottom:1px solid #eee;padding:4px 6px;text-align:left}
-svg text{font-size:11px;fill:#374151}.empty{color:#6b7280}
+figure.chart{margin:0}figure.chart svg{width:100%;height:auto}.empty{color:#6b7280}
 """
 
 
@@ -52,99 +51,9 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _scale(lo: float, hi: float, out_lo: float, out_hi: float):
-    span = (hi - lo) or 1.0
-    return lambda v: out_lo + (float(v) - lo) / span * (out_hi - out_lo)
-
-
-def _axes(y_max: float, y_fmt: str, labels: Sequence[str], x_at, y_min: float = 0.0
-          ) -> list[str]:
-    parts = [f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W - PAD_R}" y2="{H - PAD_B}" '
-             'stroke="#9ca3af"/>']
-    y = _scale(y_min, y_max, H - PAD_B, PAD_T)
-    for i in range(5):
-        value = y_min + (y_max - y_min) * i / 4
-        parts.append(f'<line x1="{PAD_L}" y1="{y(value):.1f}" x2="{W - PAD_R}" '
-                     f'y2="{y(value):.1f}" stroke="#f3f4f6"/>')
-        parts.append(f'<text x="{PAD_L - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-                     f'{_esc(format(value, y_fmt))}</text>')
-    step = max(1, len(labels) // 8)
-    for i, label in enumerate(labels):
-        if i % step == 0:
-            anchor = "end" if x_at(i) > W - PAD_R - 40 else "middle"  # keep the last one inside
-            parts.append(f'<text x="{x_at(i):.1f}" y="{H - PAD_B + 16}" '
-                         f'text-anchor="{anchor}">{_esc(label)}</text>')
-    return parts
-
-
-def _legend(names: Sequence[str], colors: Sequence[str] = COLORS) -> str:
-    items = [f'<rect x="{PAD_L + i * 200}" y="{H - 14}" width="10" height="10" '
-             f'fill="{colors[i % len(colors)]}"/><text x="{PAD_L + i * 200 + 14}" y="{H - 5}">'
-             f'{_esc(n)}</text>' for i, n in enumerate(names)]
-    return "".join(items)
-
-
-def _svg(chart_id: str, title: str, body: list[str]) -> str:
-    # viewBox + width 100%: the chart scales to the card's full width, keeping its proportions
-    return (f'<svg class="chart" id="{chart_id}" viewBox="0 0 {W} {H}" width="100%" '
-            f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{_esc(title)}">'
-            f'{"".join(body)}</svg>')
-
-
-def line_chart(chart_id: str, title: str, labels: Sequence[str],
-               series: dict[str, Sequence[float | None]], y_fmt: str = ".2f",
-               y_max: float | None = None, target: float | None = None) -> str:
-    values = [v for ys in series.values() for v in ys if v is not None]
-    top = y_max if y_max is not None else max([*values, target or 0, 1e-12]) * 1.1
-    x_at = _scale(0, max(len(labels) - 1, 1), PAD_L + 10, W - PAD_R - 10)
-    y = _scale(0, top, H - PAD_B, PAD_T)
-    body = _axes(top, y_fmt, labels, x_at)
-    for i, (name, ys) in enumerate(series.items()):
-        points = " ".join(f"{x_at(j):.1f},{y(v):.1f}" for j, v in enumerate(ys) if v is not None)
-        color = COLORS[i % len(COLORS)]
-        body.append(f'<polyline class="mark" data-series="{_esc(name)}" points="{points}" '
-                    f'fill="none" stroke="{color}" stroke-width="2"/>')
-        body += [f'<circle class="mark" cx="{x_at(j):.1f}" cy="{y(v):.1f}" r="3" fill="{color}">'
-                 f'<title>{_esc(labels[j])}: {_esc(format(v, y_fmt))}</title></circle>'
-                 for j, v in enumerate(ys) if v is not None]
-    names, colors = list(series), list(COLORS[: len(series)])
-    if target is not None:
-        body.append(f'<line class="target" x1="{PAD_L}" y1="{y(target):.1f}" x2="{W - PAD_R}" '
-                    f'y2="{y(target):.1f}" stroke="#dc2626" stroke-dasharray="6 4"/>')
-        names.append(f"target {target:.0%}")
-        colors.append("#dc2626")
-    body.append(_legend(names, colors))
-    return _svg(chart_id, title, body)
-
-
-def bar_chart(chart_id: str, title: str, labels: Sequence[str],
-              series: dict[str, Sequence[float | None]], y_fmt: str = ".4f") -> str:
-    values = [v for ys in series.values() for v in ys if v is not None]
-    top = max([*values, 0.0]) * 1.1 or 1e-12
-    bottom = min([*values, 0.0]) * 1.1
-    n_series = max(len(series), 1)
-    slot = (W - PAD_L - PAD_R) / max(len(labels), 1)
-    bar_w = min(max(2.0, slot * 0.8 / n_series), 120.0)  # one day alone is not a wall
-    x_at = lambda i: PAD_L + slot * (i + 0.5)  # noqa: E731
-    y = _scale(bottom, top, H - PAD_B, PAD_T)
-    body = _axes(top, y_fmt, labels, x_at, bottom)
-    zero = y(0)
-    for s, (name, ys) in enumerate(series.items()):
-        for i, v in enumerate(ys):
-            if v is None:
-                continue
-            x = PAD_L + slot * (i + 0.5) + (s - n_series / 2) * bar_w
-            top_y = min(y(v), zero)
-            body.append(f'<rect class="mark" x="{x:.1f}" y="{top_y:.1f}" width="{bar_w:.1f}" '
-                        f'height="{max(abs(y(v) - zero), 0.5):.1f}" '
-                        f'fill="{COLORS[s % len(COLORS)]}"><title>{_esc(labels[i])} {_esc(name)}: '
-                        f'{_esc(format(v, y_fmt))}</title></rect>')
-    body.append(_legend(list(series)))
-    return _svg(chart_id, title, body)
-
-
-def _f(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _figure(chart_id: str, chart: Any) -> str:
+    """A chart of analytics/charts.py as inline SVG (rendered here: the report works offline)."""
+    return f'<figure class="chart" id="{chart_id}">{charts.svg(chart)}</figure>'
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
@@ -257,7 +166,7 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
     summary = analytics.summary(con)
     target = summary["target_internal_share"] if target is None else target
     # As dependency_share: requests count request records, cost counts all but idle rows.
-    share_every, share_fmt, share_name = time_bucket(con, "costs", "record_type <> 'idle'")
+    share_every, _fmt, share_name = time_bucket(con, "costs", "record_type <> 'idle'")
     share = _rows(con, f"""
         SELECT time_bucket(INTERVAL '{share_every}', "timestamp") AS t,
                1 - count(*) FILTER (WHERE record_type = 'request'
@@ -275,7 +184,7 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
         FROM cost_per_operation WHERE requests > 0 GROUP BY operation ORDER BY operation""")
     avoided = _rows(con, "SELECT day, CAST(sum(avoided_spend) AS DOUBLE) FROM avoided_spend "
                          "GROUP BY day ORDER BY day")
-    util_every, util_fmt, util_name = time_bucket(con, "gpu_samples")
+    util_every, _fmt, util_name = time_bucket(con, "gpu_samples")
     util = _rows(con, f"""
         SELECT time_bucket(INTERVAL '{util_every}', "timestamp") AS t, avg(utilization_pct)
         FROM gpu_samples GROUP BY t ORDER BY t""")
@@ -288,28 +197,34 @@ def build(con: duckdb.DuckDBPyConnection | None = None, target: float | None = N
     def chart_or_empty(rows: list[Any], make) -> str:
         return make() if rows else '<p class="empty">No data in the lake yet.</p>'
 
+    width = charts.REPORT_WIDTH
+    share_rows = [{"t": r[0], "series": name, "share": r[i]}
+                  for r in share for i, name in ((1, "internal share of requests"),
+                                                 (2, "internal share of cost"))
+                  if r[i] is not None]
+    op_rows = [{"operation": r[0], "kind": kind, "value": r[i]}
+               for r in per_op for i, kind in ((1, charts.OWN), (2, charts.EXTERNAL))
+               if r[i] is not None]
     cards = [
         (f"Internal share over time vs target (per {share_name}, UTC)",
-         chart_or_empty(share, lambda: line_chart(
-            "dependency-share", "Internal share", [r[0].strftime(share_fmt) for r in share],
-            {"internal share of requests": [_f(r[1]) for r in share],
-             "internal share of cost": [_f(r[2]) for r in share]},
-            y_fmt=".0%", y_max=1.0, target=target))),
-        ("Cost per request by operation: own (fully loaded) vs external",
-         chart_or_empty(per_op, lambda: bar_chart(
-             "cost-per-operation", "Cost per request", [r[0] for r in per_op],
-             {"own, fully loaded $/request": [_f(r[1]) for r in per_op],
-              "external $/request": [_f(r[2]) for r in per_op]}, y_fmt=".5f"))),
+         chart_or_empty(share, lambda: _figure("dependency-share", charts.share_over_time(
+             share_rows, None if target is None else float(target), "Internal share",
+             width=width, time_unit=f", per {share_name}")))),
+        ("Cost per request by operation: own (fully loaded) vs external (log scale)",
+         chart_or_empty(per_op, lambda: _figure("cost-per-operation", charts.cost_per_operation(
+             op_rows, "$ per request (log)", "Cost per request", width=width)))),
         ("Avoided spend per day (shadow price minus own cost, $)",
-         chart_or_empty(avoided, lambda: bar_chart(
-             "avoided-spend", "Avoided spend", [str(r[0]) for r in avoided],
-             {"avoided spend $": [_f(r[1]) for r in avoided]}, y_fmt=",.2f"))),
-        (f"GPU utilisation (mean per {util_name}, %, UTC)", chart_or_empty(util, lambda: line_chart(
-            "gpu-utilisation", "GPU utilisation", [r[0].strftime(util_fmt) for r in util],
-            {"utilisation %": [_f(r[1]) for r in util]}, y_fmt=".0f", y_max=100.0))),
-        ("Idle GPU cost per day ($)", chart_or_empty(idle, lambda: bar_chart(
-            "idle-cost", "Idle cost", [str(r[0]) for r in idle],
-            {"idle cost $": [_f(r[1]) for r in idle]}, y_fmt=",.2f"))),
+         chart_or_empty(avoided, lambda: _figure("avoided-spend", charts.bars_by(
+             [{"day": r[0], "avoided": r[1]} for r in avoided], "day", "avoided",
+             "Avoided spend", "avoided spend $", width=width)))),
+        (f"GPU utilisation (mean per {util_name}, %, UTC)",
+         chart_or_empty(util, lambda: _figure("gpu-utilisation", charts.line_over_time(
+             [{"t": r[0], "utilisation": r[1]} for r in util], "utilisation",
+             "GPU utilisation", "utilisation %", y_max=100.0, width=width,
+             time_unit=f", per {util_name}")))),
+        ("Idle GPU cost per day ($)", chart_or_empty(idle, lambda: _figure(
+            "idle-cost", charts.bars_by([{"day": r[0], "idle": r[1]} for r in idle], "day",
+                                        "idle", "Idle cost", "idle cost $", width=width)))),
     ]
     alert_rows = "".join(
         "<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in alerts
