@@ -65,18 +65,21 @@ def share_over_time(rows: Rows, target: float | None, title: str,
 
 def cost_per_operation(rows: Rows, measure: str, title: str,
                        width: int | str = WIDTH_CONTAINER) -> alt.Chart:
-    """Own vs external per operation (rows: operation, kind, value) on a log scale.
+    """Own vs external per operation (rows: operation, kind, value) as dots on a log axis.
 
-    Log scale: own models are often 100x cheaper per request, so on a linear axis the own bar
-    is invisible; on a log axis both are readable and the gap is the ratio.
+    Log scale: own models are often 100x cheaper per request, so on a linear axis the own value
+    is invisible; on a log axis both are readable and the distance between the dots is the
+    ratio. Dots, not bars: a bar on a log axis has no zero to start from.
     """
-    return _base([r for r in rows if r.get("value")], title, width).mark_bar().encode(
-        x=alt.X("operation:N", title=None),
-        xOffset=alt.XOffset("kind:N"),
-        y=alt.Y("value:Q", title=measure, scale=alt.Scale(type="log")),
+    return _base([r for r in rows if r.get("value")], title, width).mark_point(
+        filled=True, size=120, opacity=1).encode(
+        y=alt.Y("operation:N", title=None),
+        x=alt.X("value:Q", title=measure, scale=alt.Scale(type="log")),
         color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=[OWN, EXTERNAL],
                                                               range=PALETTE[:2]),
                         legend=alt.Legend(orient="bottom")),
+        shape=alt.Shape("kind:N", title=None, scale=alt.Scale(domain=[OWN, EXTERNAL],
+                                                              range=["circle", "square"])),
         tooltip=["operation:N", "kind:N", alt.Tooltip("value:Q", format=".6g")])
 
 

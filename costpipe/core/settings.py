@@ -454,6 +454,26 @@ class ServerSettings(_Section):
     )
 
 
+class DashboardSettings(_Section):
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        description="`costpipe dashboard` bind address; anything but loopback needs "
+        "`dashboard.auth_token`")
+    auth_token: str | None = Field(
+        default=None, repr=False,
+        description="Token the dashboard asks for (open `/?token=...` once: a cookie keeps "
+        "it; or send `X-Costpipe-Token`); never logged")
+    consumer_group: str = Field(
+        default="costpipe-dashboard",
+        description="Prefix of the dashboard's own consumer group on the windows and alerts "
+        "topics (it reads from the latest offsets, never the worker's group)")
+    sql_row_cap: int = Field(default=1000, ge=1, le=1_000_000,
+                             description="Most rows the SQL console shows or downloads")
+    sql_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600,
+        description="A console query running longer is interrupted")
+
+
 class Settings(_Section):
     state_dir: Path = Field(default=Path(".costpipe"),
                             description="Local broker data, spool, worker state")
@@ -476,6 +496,7 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     servers: ServerSettings = Field(default_factory=ServerSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     def is_internal(self, provider: str) -> bool:
         return provider in self.providers.internal

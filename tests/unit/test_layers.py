@@ -14,10 +14,11 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINE_FOLDERS = ("collectors", "streams", "schemas", "lake", "analytics")
+PIPELINE_FOLDERS = ("collectors", "streams", "schemas", "lake", "analytics", "dashboard")
 # Higher rank may import lower rank; equal rank (siblings) may not import each other.
-RANK = {
+RANK: dict[str, float] = {
     "costpipe.cli": 5,
+    "costpipe.dashboard": 4.5,  # serves analytics (and reads topics via schemas); under the CLI
     "costpipe.analytics": 4, "costpipe.streams": 4, "costpipe.collectors": 4,
     "costpipe.broker": 4,
     "costpipe.lake": 3,

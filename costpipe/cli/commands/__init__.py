@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "costpipe.cli.commands.run",
     "costpipe.cli.commands.kafka",
     "costpipe.cli.commands.analytics",
+    "costpipe.cli.commands.dashboard",
     "costpipe.cli.commands.plan",
     "costpipe.cli.commands.exposure",
     "costpipe.cli.commands.forecast",

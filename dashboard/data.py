@@ -1,0 +1,58 @@
+"""The page's read side: a DuckDB connection with the lake views, and a short-lived cache.
+
+Why rebuild the connection now and then: a lake table with no files when the views were built
+reads as an empty relation until they are built again (analytics.connect). Why a cache: a
+figure is one scan of the lake, and several pages (or a reload) asking within seconds need not
+scan again; live windows come from Kafka, not from this cache.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+
+from costpipe import analytics
+from costpipe.core.settings import Settings
+from costpipe.dashboard.console import lake_folder
+from costpipe.dashboard.filters import Filters
+
+
+class Store:
+    def __init__(self, settings: Settings, refresh_seconds: float = 10.0,
+                 cache_seconds: float = 5.0) -> None:
+        self.settings = settings
+        self._refresh = refresh_seconds
+        self._ttl = cache_seconds
+        self._lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._built = 0.0
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None or time.monotonic() - self._built > self._refresh:
+                folder = lake_folder(self.settings)
+                self._con = analytics.connect(self.settings,
+                                              location=str(folder) if folder else None)
+                self._built = time.monotonic()
+            return self._con.cursor()
+
+    def get(self, name: str, f: Filters | None,
+            compute: Callable[[duckdb.DuckDBPyConnection, Any], Any]) -> Any:
+        key = (name, None if f is None else f.key)
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        cursor = self.cursor()
+        try:
+            value = compute(cursor, f) if f is not None else compute(cursor, None)
+        finally:
+            cursor.close()
+        if len(self._cache) > 256:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic(), value)
+        return value
