@@ -27,16 +27,15 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from costpipe.core.metrics import LAKE_DUPLICATES
+from costpipe.lake.files import list_files, split_live
 from costpipe.lake.layout import (
     HOUR_US,
     Key,
     Lake,
     bucket_partition,
-    parse_data_file_name,
     partition_dir,
     time_buckets,
 )
@@ -206,16 +205,20 @@ class UniqueIndex:
         table_name, topic, partition = key
         date, clock = bucket_partition(hour)
         folder = self.lake.path(partition_dir(table_name, date, clock))
-        infos = self.lake.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-        files = sorted(
-            info.path for info in infos
-            if (parsed := parse_data_file_name(info.base_name)) and parsed[:2] == (topic, partition)
-        )
-        if not files:
-            return None
-        return pa.concat_tables(
-            pq.read_table(path, columns=list(dict.fromkeys(columns)), filesystem=self.lake.fs)
-            for path in files)
+        for attempt in range(3):
+            files = [f.path for f in split_live(list_files(self.lake, folder))[0]
+                     if (f.topic, f.partition) == (topic, partition)]
+            if not files:
+                return None
+            try:
+                return pa.concat_tables(
+                    pq.read_table(path, columns=list(dict.fromkeys(columns)),
+                                  filesystem=self.lake.fs)
+                    for path in files)
+            except FileNotFoundError:
+                if attempt == 2:  # compaction deleted a listed file: list again
+                    raise
+        return None
 
     def _held(self, key: Key, data: pa.Table, rows: np.ndarray, slices: np.ndarray,
               columns: tuple[str, ...]) -> np.ndarray:

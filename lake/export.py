@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from costpipe.lake.files import live_files
 from costpipe.lake.layout import EXPORT_DIR, TABLES, TMP_PREFIX, Lake, partition_dir
 from costpipe.lake.writer import COMPRESSION, ROW_GROUP_SIZE
 from costpipe.schemas.codec import conform
@@ -94,12 +95,8 @@ class ExportResult:
 
 
 def _day_files(lake: Lake, table_name: str, day: dt.date) -> list[str]:
-    base = lake.path(f"{table_name}/date={day.isoformat()}")
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    return sorted(
-        info.path for info in lake.fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
-    )
+    """The day's live files: after a compaction, the merged ones and not what they replaced."""
+    return [f.path for f in live_files(lake, table_name, f"date={day.isoformat()}")]
 
 
 def _read_day(lake: Lake, table_name: str, day: dt.date) -> pa.Table:

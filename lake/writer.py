@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ from costpipe.lake.layout import (
 )
 from costpipe.schemas.codec import conform
 
+MAINTENANCE_PREFIX = f"{TMP_PREFIX}maint-"  # never a sink prefix: those start with a table
 ROW_GROUP_SIZE = 1_000_000  # large groups: DuckDB scans and prunes per row group
 COMPRESSION = "zstd"
 
@@ -68,6 +70,15 @@ def _split_by_hour(data: pa.Table, spec: Table) -> list[tuple[str, int, pa.Table
         date, hour = bucket_partition(int(sorted_buckets[start]))
         out.append((date, hour, data.slice(int(start), int(end - start))))
     return out
+
+
+def cluster_sorted(data: pa.Table, spec: Table) -> pa.Table:
+    """Rows in the table's cluster order (stable, so equal keys keep their input order)."""
+    if not spec.cluster_keys or data.num_rows == 0:
+        return data
+    order = pc.sort_indices(data.select(list(spec.cluster_keys)),
+                            sort_keys=[(name, "ascending") for name in spec.cluster_keys])
+    return data.take(order)
 
 
 def _fsync_dir(path: str) -> None:
@@ -152,6 +163,37 @@ def write_range(
     LAKE_BYTES.labels(table_name).inc(sum(f.size for f in written))
     LAKE_ROWS.labels(table_name).inc(rows.num_rows)
     return written
+
+
+def write_file(lake: Lake, folder: str, name: str, data: pa.Table, staging_tag: str
+               ) -> WrittenFile:
+    """Write one whole file into `folder` (inside the lake) atomically: durable in staging
+    first, then one rename (or one completed upload). For maintenance (compaction, rollups);
+    `staging_tag` keeps its staging names apart from the sink's, which `recover` owns."""
+    staging = lake.path(STAGING_DIR)
+    lake.fs.create_dir(staging, recursive=True)
+    tmp = f"{staging}/{MAINTENANCE_PREFIX}{staging_tag}-{uuid.uuid4().hex}-{name}.part"
+    size = _write_durable(lake, tmp, data)
+    target = f"{folder}/{name}"
+    _move(lake, tmp, target)
+    return WrittenFile(target, data.num_rows, size)
+
+
+def sweep_maintenance_staging(lake: Lake, older_than: float, now: float) -> int:
+    """Delete staging files a killed compaction or rollup left (older than `older_than` s)."""
+    staging = lake.path(STAGING_DIR)
+    deleted = 0
+    for info in lake.fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True)):
+        if not info.base_name.startswith(MAINTENANCE_PREFIX):
+            continue
+        mtime = info.mtime.timestamp() if info.mtime is not None else now
+        if now - mtime >= older_than:
+            try:
+                lake.fs.delete_file(info.path)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+    return deleted
 
 
 def recover(lake: Lake, table_name: str, topic: str, partition: int) -> None:

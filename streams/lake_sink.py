@@ -23,6 +23,7 @@ import pyarrow as pa
 from costpipe.core.settings import get_settings
 from costpipe.lake.export import export_day
 from costpipe.lake.layout import open_lake
+from costpipe.lake.maintenance import maintain
 from costpipe.lake.sink import Flushed, LakeSink
 from costpipe.schemas.codec import decode
 from costpipe.schemas.records import ALERT, COST_RECORD, GPU_SAMPLE, WINDOW_AGGREGATE
@@ -123,6 +124,28 @@ async def _on_revoked(app_: Any, revoked: set[Any], **_: Any) -> None:
                 sink.forget(tp.topic, tp.partition)
 
 
+async def _maintain_lake() -> None:
+    """Leader only: compact closed hours and build their rollups (lake/maintenance.py).
+
+    In a thread, so the event loop keeps consuming. Safe beside other workers' sinks and even
+    beside a second maintainer: merged files supersede what they cover and are written whole.
+    """
+    try:
+        result = await asyncio.to_thread(maintain, sink.lake, settings.lake)
+    except OSError as exc:  # a storage hiccup: the next run does the same work again
+        log.warning("lake: maintenance failed, will retry: %s", exc)
+        return
+    merged = sum(s.merged_streams for s in result.compaction.values())
+    if merged or result.rollups.hours_built or result.rollups.days_built:
+        log.info("lake: compacted %d stream-hour(s), rolled up %d hour(s) and %d day(s) "
+                 "closed before %s", merged, result.rollups.hours_built,
+                 result.rollups.days_built, result.closed_before.isoformat())
+
+
+if settings.lake.maintenance_seconds > 0:
+    app.timer(interval=settings.lake.maintenance_seconds, on_leader=True)(_maintain_lake)
+
+
 @app.crontab(settings.lake.export_cron, timezone=dt.UTC, on_leader=True)
 async def nightly_export() -> None:
     """Leader only: compact yesterday (UTC) into sorted Parquet and FOCUS exports.
@@ -132,6 +155,7 @@ async def nightly_export() -> None:
     the lake itself (<lake>/_exports/), local folder or object storage alike.
     """
     day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    await _maintain_lake()  # the day's hours compacted first: the export reads fewer files
     for fmt in ("parquet", "focus"):
         result = await asyncio.to_thread(export_day, sink.lake, day, fmt)
         log.info("lake: exported %s as %s to %s", day, fmt, result.out_dir)

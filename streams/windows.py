@@ -59,8 +59,8 @@ import pyarrow.compute as pc
 
 from costpipe.core.money import MONEY
 from costpipe.core.settings import Settings
+from costpipe.schemas import sketch
 from costpipe.schemas.records import COST_RECORD, TIMESTAMP, WINDOW_AGGREGATE
-from costpipe.streams import sketch
 
 KEY_COLUMNS = ("window_start", "operation", "provider_kind", "provider", "model")
 SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cost_pico", "shadow_pico")

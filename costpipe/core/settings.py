@@ -369,6 +369,18 @@ class LakeSettings(_Section):
     export_cron: str = Field(
         default="30 0 * * *", description="UTC crontab of the nightly export of yesterday"
     )
+    closed_after_seconds: int = Field(
+        default=3600, ge=0,
+        description="An hour of the lake is closed (compacted and rolled up) this long after "
+        "it ends; rows arriving later are folded in by rebuilding that hour's rollup")
+    compaction_grace_seconds: int = Field(
+        default=600, ge=0,
+        description="Small files replaced by compaction are deleted this long after, so "
+        "queries that listed them just before still read them")
+    maintenance_seconds: float = Field(
+        default=300.0, ge=0,
+        description="How often the worker compacts closed hours and builds rollups "
+        "(leader only); 0 = never (run `costpipe compact` yourself)")
     s3_endpoint: str | None = Field(
         default=None,
         description="S3-compatible endpoint of an `s3://` lake, e.g. `http://127.0.0.1:9000` "

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from costpipe.core.money import money_to_pico, pico_to_money
 from costpipe.core.settings import Settings
+from costpipe.schemas import sketch
 from costpipe.schemas.records import REQUEST_EVENT, WINDOW_AGGREGATE
-from costpipe.streams import sketch
 from costpipe.streams.alerts import AlertEngine, Ewma
 from costpipe.streams.allocation.rule import (
     allocate,

@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "costpipe.cli.commands.kafka",
     "costpipe.cli.commands.analytics",
     "costpipe.cli.commands.dashboard",
+    "costpipe.cli.commands.lake",
     "costpipe.cli.commands.plan",
     "costpipe.cli.commands.exposure",
     "costpipe.cli.commands.forecast",

@@ -1,5 +1,8 @@
 """A mergeable latency sketch: fixed log-spaced buckets, stored sparse as (index, count) pairs.
 
+A contract: window aggregates carry it and the lake's rollups store it, and `SQL_BUCKET` is
+the same mapping for DuckDB, so a latency lands in the same bucket whichever side counts it.
+
 Why this one: merging is integer addition of counts (exact, order-free, idempotent under our
 offset dedup), the buckets are the same in every worker, and relative error is bounded by the
 bucket width (GAMMA = 2 % per bucket, ~1 % at the bucket midpoint) from 0.01 ms to hours.
@@ -8,6 +11,7 @@ bucket width (GAMMA = 2 % per bucket, ~1 % at the bucket midpoint) from 0.01 ms 
 from __future__ import annotations
 
 import math
+from typing import Final
 
 import numpy as np
 
@@ -16,6 +20,14 @@ _LOG_GAMMA = math.log(GAMMA)
 MIN_MS = 0.01
 OFFSET = math.floor(math.log(MIN_MS) / _LOG_GAMMA)  # index 0 == MIN_MS
 MAX_INDEX = 2000  # ~ 0.01 ms * 1.02^2000: far beyond any real latency
+
+
+# DuckDB expression of `bucket_index` for a column `latency_ms` (NULL stays NULL)
+SQL_BUCKET: Final = (
+    f"least(greatest(CAST(floor(ln(greatest(latency_ms, {MIN_MS!r})) / {_LOG_GAMMA!r}) AS "
+    f"BIGINT) - ({OFFSET}), 0), {MAX_INDEX})")
+# DuckDB expression of `bucket_value` for a column `bucket`
+SQL_VALUE: Final = f"pow({GAMMA!r}, bucket + ({OFFSET}) + 0.5)"
 
 
 def bucket_index(latency_ms: np.ndarray) -> np.ndarray:
