@@ -11,6 +11,7 @@ never install or load an extension on their own: nothing is downloaded at run ti
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -19,10 +20,12 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from costpipe.core.settings import Settings, get_settings
+from costpipe.lake import rollup
+from costpipe.lake.files import DataFile, live_files
 from costpipe.lake.layout import TABLES, Lake, open_lake
+from costpipe.schemas import sketch
 
 __all__ = [
     "ReadOnlyError",
@@ -69,42 +72,59 @@ def _empty(table_name: str) -> str:
     return f"(SELECT {', '.join(columns)} WHERE false)"
 
 
-def _source(lake: Lake, table_name: str) -> str:
-    if lake.has_files(table_name):
-        glob = lake.glob(table_name).replace("'", "''")
-        files = (f"read_parquet('{glob}', hive_partitioning = true, union_by_name = true, "
-                 "hive_types = {'date': DATE, 'hour': INTEGER})")
-        # by name with the empty typed relation: a column no file has yet (files written
-        # before it was added to the schema) reads as NULL, as on a remote lake
-        return f"({_empty(table_name)} UNION ALL BY NAME SELECT * FROM {files})"
-    return _empty(table_name)
+def _local_files(paths: list[str]) -> str:
+    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    return (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'date': DATE, 'hour': INTEGER})")
 
 
-def _remote_source(con: duckdb.DuckDBPyConnection, lake: Lake, table_name: str) -> str:
-    """A remote table as a pyarrow dataset on the lake's filesystem, registered in `con`.
+def _source(con: duckdb.DuckDBPyConnection, lake: Lake, table_name: str,
+            files: list[DataFile]) -> str:
+    """A table's live files (lake/files.py) as one relation with the whole schema.
 
-    Why not DuckDB's read_parquet('s3://...'): that needs the httpfs extension, which DuckDB
-    downloads at run time (docs/decisions/2026-12-01-object-storage-lake.md). The dataset is
-    built from one listing of the table's committed files (what the local glob matches), with
-    the table's schema, so files written before a column was added read as NULL there, as
-    `union_by_name` does locally. It is a snapshot: files committed after `connect` are seen
-    by the next connection.
+    Local: read_parquet over the listed files, unioned by name with the empty typed relation,
+    so a column no file has yet (files written before it was added) reads as NULL.
+    Remote (s3://...): a pyarrow dataset on the lake's filesystem registered in `con`, since
+    DuckDB's read_parquet('s3://...') needs the httpfs extension, which DuckDB downloads at run
+    time (docs/decisions/2026-12-01-object-storage-lake.md); the table's schema makes missing
+    columns NULL there too. Either way the list is a snapshot taken at `connect`: files
+    committed later are seen by the next connection, and files compaction replaces are kept
+    for `lake.compaction_grace_seconds`, so a connection's snapshot stays readable that long.
     """
-    base = lake.path(table_name)
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    files = sorted(info.path for info in lake.fs.get_file_info(selector)
-                   if info.type == pafs.FileType.File and info.base_name.endswith(".parquet"))
     if not files:
         return _empty(table_name)
+    if lake.is_local:
+        return f"({_empty(table_name)} UNION ALL BY NAME SELECT * FROM " \
+               f"{_local_files([f.path for f in files])})"
     schema = TABLES[table_name].schema
-    for field in _PARTITION_SCHEMA:
-        schema = schema.append(field)
-    dataset = ds.dataset(files, filesystem=lake.fs, format="parquet", schema=schema,
+    for part in _PARTITION_SCHEMA:
+        schema = schema.append(part)
+    dataset = ds.dataset([f.path for f in files], filesystem=lake.fs, format="parquet",
+                         schema=schema,
                          partitioning=ds.partitioning(_PARTITION_SCHEMA, flavor="hive"),
-                         partition_base_dir=base)
-    name = f"_lake_{table_name}"
+                         partition_base_dir=lake.path(table_name))
+    name = f"_lake_{table_name}_{uuid.uuid4().hex[:12]}"
     con.register(name, dataset)
     return f'"{name}"'
+
+
+def _rollup_source(con: duckdb.DuckDBPyConnection, lake: Lake, plan: rollup.RollupPlan,
+                   kind: str) -> str:
+    """Rollup rows: the files of rolled-up periods plus the raw tail aggregated the same way."""
+    build = rollup.costs_sql if kind == "costs" else rollup.latency_sql
+    parts = [build(_empty("costs"))]  # typed, even with nothing to read
+    files = plan.costs if kind == "costs" else plan.latency
+    if files:
+        if lake.is_local:
+            listed = ", ".join("'" + p.replace("'", "''") + "'" for p in files)
+            parts.append(f"SELECT * FROM read_parquet([{listed}])")
+        else:
+            name = f"_rollup_{kind}"
+            con.register(name, ds.dataset(files, filesystem=lake.fs, format="parquet"))
+            parts.append(f'SELECT * FROM "{name}"')
+    if plan.tail:
+        parts.append(build(_source(con, lake, "costs", plan.tail)))
+    return "(" + " UNION ALL BY NAME ".join(f"({p})" for p in parts) + ")"
 
 
 def sql_files() -> list[tuple[str, str]]:
@@ -135,22 +155,29 @@ def _setting_placeholders(settings: Settings) -> dict[str, str]:
 
 
 def connect(
-    settings: Settings | None = None, read_only: bool = True, location: str | None = None
+    settings: Settings | None = None, read_only: bool = True, location: str | None = None,
+    rollups: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with the lake views and macros.
 
     `read_only` is enforced by `check_read_only` in the `sql` command and `query`; the views
     themselves never write. Pass `location` to point at another lake than settings.lake.
+    `rollups=False` makes the aggregate views scan raw rows only (the reference the rollups
+    are tested against; same answers, slower).
     """
     settings = settings or get_settings()
     lake = open_lake(location or settings.lake.location, settings.lake)
     con = duckdb.connect(":memory:", config=_NO_DOWNLOADS)
     con.execute("SET TimeZone = 'UTC'")
-    if lake.is_local:
-        replacements = {f"{{{{source:{name}}}}}": _source(lake, name) for name in TABLES}
-    else:
-        replacements = {f"{{{{source:{name}}}}}": _remote_source(con, lake, name)
-                        for name in TABLES}
+    plan = rollup.plan(lake, use_rollups=rollups)
+    replacements = {"{{source:costs}}": _source(con, lake, "costs", plan.raw)}
+    for name in TABLES:
+        if name != "costs":
+            replacements[f"{{{{source:{name}}}}}"] = _source(con, lake, name,
+                                                             live_files(lake, name))
+    replacements["{{rollup:costs}}"] = _rollup_source(con, lake, plan, "costs")
+    replacements["{{rollup:latency}}"] = _rollup_source(con, lake, plan, "latency")
+    replacements["{{sketch_value}}"] = sketch.SQL_VALUE
     replacements.update(_setting_placeholders(settings))
     for _name, text in sql_files():
         for placeholder, value in replacements.items():

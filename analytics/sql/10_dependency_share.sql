@@ -1,16 +1,16 @@
 -- External share of requests, tokens (input + output) and cost, by day x operation x team,
 -- and progress toward the configured internal-share target (1.0 = target reached).
 -- Idle rows carry no team or request; they are excluded here (see cost_per_operation).
--- cost_daily: one scan of the lake rolled up per day; the day-level views derive from it.
+-- cost_daily: the lake's rollups per day; the day-level views derive from it.
 CREATE OR REPLACE VIEW cost_daily AS
 SELECT
     "date" AS day, operation, coalesce(team, '(none)') AS team, provider_kind, provider, model,
     record_type,
-    count(*) FILTER (WHERE record_type = 'request') AS requests,
+    sum(requests)::BIGINT AS requests,
     sum(input_tokens + output_tokens) AS tokens,
     sum(cost) AS cost,
     coalesce(sum(shadow_cost), 0) AS shadow_cost
-FROM costs
+FROM cost_rollup
 GROUP BY ALL;
 
 CREATE OR REPLACE VIEW dependency_share AS

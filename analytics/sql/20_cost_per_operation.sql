@@ -5,12 +5,12 @@
 -- rounded to the pico-dollar; sum(idle_allocated) can differ from sum(idle_cost) by < 1e-9 $
 -- per line.
 CREATE OR REPLACE VIEW idle_allocation AS
--- (Reads the lake directly, not cost_daily: only own-model rows and no team column to decode.)
+-- (Reads the rollups directly, not cost_daily: only own-model rows and no team to decode.)
 WITH daily AS MATERIALIZED (
     SELECT "date" AS day, operation, provider, model, record_type,
-           count(*) FILTER (WHERE record_type = 'request') AS requests, sum(cost) AS cost,
+           sum(requests)::BIGINT AS requests, sum(cost) AS cost,
            coalesce(sum(shadow_cost), 0) AS shadow_cost
-    FROM costs
+    FROM cost_rollup
     WHERE provider_kind = 'internal'
     GROUP BY ALL
 ),
@@ -39,18 +39,42 @@ WHERE coalesce(day_total.day_cost, 0) = 0;
 
 -- Per operation x provider_kind x provider x model: cost per request and per 1k tokens,
 -- latency percentiles. Own models are fully loaded: direct GPU cost + allocated idle cost.
+-- Latency percentiles come from the mergeable sketch in latency_rollup (within 1 % of the
+-- exact value: the rank's bucket midpoint, as the live windows report them).
 CREATE OR REPLACE VIEW cost_per_operation AS
-WITH base AS (
+WITH sums AS (
     SELECT
         operation, provider_kind, provider, model,
-        count(*) FILTER (WHERE record_type = 'request') AS requests,
+        sum(requests)::BIGINT AS requests,
         sum(input_tokens + output_tokens) AS tokens,
         sum(cost) AS direct_cost,
-        coalesce(sum(shadow_cost), 0) AS shadow_cost,
-        quantile_cont(latency_ms, [0.5, 0.95, 0.99]) AS latency_q
-    FROM costs
+        coalesce(sum(shadow_cost), 0) AS shadow_cost
+    FROM cost_rollup
     WHERE record_type <> 'idle'
     GROUP BY ALL
+),
+sketch AS (
+    SELECT operation, provider_kind, provider, model, bucket, sum(n) AS n
+    FROM latency_rollup GROUP BY ALL
+),
+ranked AS (
+    SELECT *,
+        sum(n) OVER (PARTITION BY operation, provider_kind, provider, model ORDER BY bucket)
+            AS seen,
+        sum(n) OVER (PARTITION BY operation, provider_kind, provider, model) - 1 AS last_rank
+    FROM sketch
+),
+quantiles AS (
+    SELECT operation, provider_kind, provider, model,
+        [latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.5 * last_rank)),
+         latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.95 * last_rank)),
+         latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.99 * last_rank))] AS latency_q
+    FROM ranked GROUP BY ALL
+),
+base AS (
+    SELECT s.*, q.latency_q
+    FROM sums s
+    LEFT JOIN quantiles q USING (operation, provider_kind, provider, model)
 ),
 idle AS (
     SELECT operation, provider, model, sum(idle_allocated) AS idle_allocated

@@ -209,3 +209,24 @@ def test_s3_settings_name_the_key_and_never_show_the_secret():
                                     "COSTPIPE_LAKE__S3_ENDPOINT": "http://127.0.0.1:9000/"})
     assert loaded.lake.s3_endpoint == "http://127.0.0.1:9000"
     assert secret not in repr(loaded) and secret not in repr(loaded.lake)
+
+
+def test_compaction_and_rollups_on_an_s3_lake_keep_every_total(tmp_path, s3_lake_settings):
+    from costpipe.lake import rollup
+    from costpipe.lake.files import list_files, live_files
+
+    data = _data()
+    s3_lake = open_lake(s3_lake_settings.location, s3_lake_settings)
+    _fill(s3_lake, data)
+    env = _env(tmp_path, s3_lake_settings)
+    before = _cli(env, tmp_path, "sql", TOTALS, "--format", "csv")
+    files_before = len(live_files(s3_lake, "costs"))
+    out = _cli(env, tmp_path, "compact", "--closed-after", "0", "--grace", "0")
+    assert "rollups:" in out and "merged" in out
+    assert len(live_files(s3_lake, "costs")) < files_before
+    assert _cli(env, tmp_path, "sql", TOTALS, "--format", "csv") == before  # superseded hidden
+    _cli(env, tmp_path, "compact", "--closed-after", "0", "--grace", "0")  # deletes them
+    assert len(list_files(s3_lake, s3_lake.path("costs"))) == len(live_files(s3_lake, "costs"))
+    plan = rollup.plan(s3_lake)
+    assert plan.costs and not plan.tail  # every hour read from rollups
+    assert _cli(env, tmp_path, "sql", TOTALS, "--format", "csv") == before
