@@ -155,7 +155,7 @@ async def window_chart(request: web.Request) -> web.Response:
     body = await request.json()
     rows = body.get("rows", [])[-queries.WINDOWS_SHOWN:]
     target = request.app[SETTINGS].target_internal_share
-    return web.json_response(queries.window_chart(rows, target))
+    return web.json_response(await asyncio.to_thread(queries.window_chart, rows, target))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -230,6 +230,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 payload = await asyncio.wait_for(queue.get(), timeout=15)
             except TimeoutError:
                 payload = ": keep-alive\n\n"
+            if not payload:  # shutting down
+                break
             await response.write(payload.encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
@@ -261,6 +263,7 @@ def create_app(settings: Settings, live: bool = True) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         feed, probe = app[FEED], app[PROBE]
         if feed is not None:
+            feed.close_pages()
             await asyncio.to_thread(feed.stop)
         if probe is not None:
             await asyncio.to_thread(probe.close)

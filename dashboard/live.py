@@ -90,6 +90,12 @@ class LiveFeed:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def close_pages(self) -> None:
+        """Ends every open stream (called in the loop at shutdown): the server need not wait."""
+        for queue in list(self.pages):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait("")
+
     def subscribe(self) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
         self.pages.add(queue)

@@ -29,6 +29,12 @@ def share(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+def _spec(rows: list[Any], make: Any) -> dict[str, Any] | None:
+    """A chart's spec, or None when it has no rows: the page then says so (an empty layered
+    chart lays out with an unbounded height)."""
+    return charts.spec(make()) if rows else None
+
+
 def _records(con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None
              ) -> list[dict[str, Any]]:
     cursor = con.execute(sql, params or [])
@@ -106,17 +112,17 @@ def overview(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
         "windows": windows(con, f),
         "alerts": _rows_json(alerts),
         "charts": {
-            "daily-share": charts.spec(charts.share_over_time(
+            "daily-share": _spec(daily, lambda: charts.share_over_time(
                 _share_series(daily, "day"), target, "Internal share per day vs target",
                 time_unit=", per day")),
         },
     }
 
 
-def window_chart(rows: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+def window_chart(rows: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
     """The live window-share chart (the page redraws it from its own rows as windows close)."""
-    return charts.spec(charts.share_over_time(_share_series(rows, "window_start"), target,
-                                              "Internal share per closed window (live)"))
+    return _spec(rows, lambda: charts.share_over_time(
+        _share_series(rows, "window_start"), target, "Internal share per closed window (live)"))
 
 
 def costs(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
@@ -158,13 +164,13 @@ def costs(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
         "rows": _rows_json(rows),
         "breakeven": _rows_json(be),
         "charts": {
-            "cost-per-request": charts.spec(charts.cost_per_operation(
+            "cost-per-request": _spec(per_op, lambda: charts.cost_per_operation(
                 pairs("own_req", "ext_req"), "$ per request (log)",
                 "Cost per request: own (fully loaded) vs external")),
-            "cost-per-1k": charts.spec(charts.cost_per_operation(
+            "cost-per-1k": _spec(per_op, lambda: charts.cost_per_operation(
                 pairs("own_tok", "ext_tok"), "$ per 1k tokens (log)",
                 "Cost per 1k tokens: own (fully loaded) vs external")),
-            "breakeven": charts.spec(charts.breakeven(
+            "breakeven": _spec(be_rows, lambda: charts.breakeven(
                 be_rows, "GPU utilisation: measured vs break-even (own cheaper above it)")),
         },
     }
@@ -192,13 +198,13 @@ def gpus(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
     return {
         "rows": _rows_json(per_gpu),
         "charts": {
-            "gpu-utilisation": charts.spec(charts.line_over_time(
+            "gpu-utilisation": _spec(util, lambda: charts.line_over_time(
                 util, "utilisation", f"GPU utilisation (mean per {name})", "utilisation %",
                 color="gpu", y_max=100.0)),
-            "idle-per-gpu": charts.spec(charts.bars_by(
+            "idle-per-gpu": _spec(per_gpu, lambda: charts.bars_by(
                 per_gpu, "gpu", "idle_cost", "Idle cost per GPU ($)", "idle cost $",
                 y_format=",.3~f")),
-            "busy-idle": charts.spec(charts.bars_by(
+            "busy-idle": _spec(per_gpu, lambda: charts.bars_by(
                 busy_idle, "gpu", "cost", "Busy vs idle GPU cost ($)", "cost $",
                 color="part", y_format=",.3~f")),
         },

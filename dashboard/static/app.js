@@ -33,10 +33,19 @@
     });
   }
 
+  var embedded = {};
+
   function chart(id, spec) {
     var el = document.getElementById("chart-" + id);
     if (!el || !window.vegaEmbed) { return Promise.resolve(); }
-    return window.vegaEmbed(el, spec, { actions: false, renderer: "svg" }).then(function () {
+    if (embedded[id]) { embedded[id].finalize(); delete embedded[id]; }  // none left behind
+    if (!spec) {
+      el.innerHTML = "<p class='muted'>No data in the lake yet.</p>";
+      el.removeAttribute("data-drawn");
+      return Promise.resolve();
+    }
+    return window.vegaEmbed(el, spec, { actions: false, renderer: "svg" }).then(function (r) {
+      embedded[id] = r;
       el.setAttribute("data-drawn", "1");
     });
   }
@@ -255,7 +264,12 @@
       state.windows.sort(function (a, b) { return a.window_start < b.window_start ? -1 : 1; });
       document.body.setAttribute("data-last-window", w.window_start);
       drawWindows(w.window_start);
-      if (state.tab === "overview") { drawWindowChart(); }
+      // a closing window arrives as several messages: redraw the chart once per second
+      if (state.tab === "overview" && !state.chartTimer) {
+        state.chartTimer = setTimeout(function () {
+          state.chartTimer = null; drawWindowChart();
+        }, 1000);
+      }
     });
     source.addEventListener("alert", function (e) {
       var feed = $("#alerts-feed"), empty = feed.querySelector(".empty");
