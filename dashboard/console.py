@@ -102,23 +102,28 @@ class Console:
         self._built = 0.0
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
-        # rebuilt now and then: a table that had no files when the views were built
-        # reads as empty until the views are built again
-        with self._lock:
-            if self._con is None or time.monotonic() - self._built > self._refresh:
-                self._con = locked_connection(self.settings)
-                self._built = time.monotonic()
-            return self._con
+        """Call with the lock held. Rebuilt now and then: connect lists the lake's files."""
+        if self._con is None or time.monotonic() - self._built > self._refresh:
+            if self._con is not None:
+                self._con.close()
+            self._con = locked_connection(self.settings)
+            self._built = time.monotonic()
+        return self._con
 
     def run(self, sql: str, cap: int | None = None) -> Result:
         statement = check(sql)
         cap = min(cap or self.cap, self.cap)
-        cursor = self._connection().cursor()
-        timer = threading.Timer(self.timeout, cursor.interrupt)
+        # one connection, one query at a time: the rollups are the connection's temp tables,
+        # which a cursor would not see
+        with self._lock:
+            return self._run(self._connection(), statement, cap)
+
+    def _run(self, con: duckdb.DuckDBPyConnection, statement: str, cap: int) -> Result:
+        timer = threading.Timer(self.timeout, con.interrupt)
         started = time.perf_counter()
         timer.start()
         try:
-            relation = cursor.execute(statement)
+            relation = con.execute(statement)
             columns = [d[0] for d in relation.description or []]
             types = [str(d[1]) for d in relation.description or []]
             rows = relation.fetchmany(cap + 1)
@@ -132,7 +137,6 @@ class Console:
             raise ConsoleError(_first_line(exc)) from None
         finally:
             timer.cancel()
-            cursor.close()
         return Result(columns, rows[:cap], len(rows) > cap, time.perf_counter() - started,
                       cap, types)
 

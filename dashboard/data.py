@@ -1,7 +1,9 @@
 """The page's read side: a DuckDB connection with the lake views, and a short-lived cache.
 
-Why rebuild the connection now and then: a lake table with no files when the views were built
-reads as an empty relation until they are built again (analytics.connect). Why a cache: a
+Why rebuild the connection now and then: analytics.connect lists the lake's files (and builds
+the rollups' temp tables) when it connects, so new files are seen by the next connection. Why
+one connection behind a lock, not cursors: the rollups live in the connection's temp tables,
+which a cursor (another connection to the same database) does not see. Why a cache: a
 figure is one scan of the lake, and several pages (or a reload) asking within seconds need not
 scan again; live windows come from Kafka, not from this cache.
 """
@@ -32,14 +34,16 @@ class Store:
         self._built = 0.0
         self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        with self._lock:
-            if self._con is None or time.monotonic() - self._built > self._refresh:
-                folder = lake_folder(self.settings)
-                self._con = analytics.connect(self.settings,
-                                              location=str(folder) if folder else None)
-                self._built = time.monotonic()
-            return self._con.cursor()
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """Call with the lock held."""
+        if self._con is None or time.monotonic() - self._built > self._refresh:
+            folder = lake_folder(self.settings)
+            if self._con is not None:
+                self._con.close()
+            self._con = analytics.connect(self.settings,
+                                          location=str(folder) if folder else None)
+            self._built = time.monotonic()
+        return self._con
 
     def get(self, name: str, f: Filters | None,
             compute: Callable[[duckdb.DuckDBPyConnection, Any], Any]) -> Any:
@@ -47,11 +51,11 @@ class Store:
         hit = self._cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < self._ttl:
             return hit[1]
-        cursor = self.cursor()
-        try:
-            value = compute(cursor, f) if f is not None else compute(cursor, None)
-        finally:
-            cursor.close()
+        with self._lock:
+            hit = self._cache.get(key)  # another thread may have just computed it
+            if hit is not None and time.monotonic() - hit[0] < self._ttl:
+                return hit[1]
+            value = compute(self._connection(), f)
         if len(self._cache) > 256:
             self._cache.clear()
         self._cache[key] = (time.monotonic(), value)

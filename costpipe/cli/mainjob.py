@@ -34,6 +34,7 @@ class RunOptions:
     spikes: list[str] = field(default_factory=lambda: ["reasoning:6:45:15"])
     report: Path = Path("report.html")
     keep_running: bool = False
+    dashboard: bool = True
 
 
 def _start_worker(settings: Settings, env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -43,6 +44,31 @@ def _start_worker(settings: Settings, env: dict[str, str], log_path: Path) -> su
         [sys.executable, "-m", "costpipe.cli", "worker", "--loglevel", "warning"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
+
+
+def _start_dashboard(settings: Settings, env: dict[str, str], log_path: Path,
+                     console: Console) -> subprocess.Popen | None:
+    """`costpipe dashboard` beside the worker; its URL is printed once it serves."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "costpipe.cli", "dashboard"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    from costpipe.dashboard.server import parse_listen, url_of
+
+    url = url_of(*parse_listen(settings.dashboard.listen))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            console.print(f"[yellow]dashboard did not start (see {log_path}); the run goes on"
+                          "[/]")
+            return None
+        if "serving" in log_path.read_text(errors="replace"):
+            console.print(f"dashboard: [bold]{url}[/] (live while the run goes on)")
+            return process
+        time.sleep(0.2)
+    console.print(f"dashboard starting at {url} (see {log_path})")
+    return process
 
 
 def _stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -93,6 +119,11 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
     env = dict(os.environ)
     worker_log = Path(settings.state_dir) / "logs" / "worker.log"
     worker = _start_worker(settings, env, worker_log)
+    dashboard_log = Path(settings.state_dir) / "logs" / "dashboard.log"
+    if dashboard_log.exists():
+        dashboard_log.unlink()  # "serving" is looked for in this run's lines only
+    dashboard = _start_dashboard(settings, env, dashboard_log, console) \
+        if options.dashboard else None
     state = LiveState(sim_total=options.duration_s)
     monitor = Monitor(settings, state)
     monitor.start()
@@ -139,6 +170,8 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
         monitor.stop()
         if not options.keep_running:
             _stop_process(worker)
+            if dashboard is not None:
+                _stop_process(dashboard)
             if started_broker:
                 broker.stop(settings)
     from costpipe.cli.summary import print_summary, reconcile
@@ -158,6 +191,11 @@ def run_main_job(settings: Settings, options: RunOptions, console: Console) -> i
         console.print("worker and broker keep running (--keep-running); "
                       "stop with `costpipe kafka down` and by killing the worker "
                       f"(pid {worker.pid})")
+        if dashboard is not None:
+            from costpipe.dashboard.server import parse_listen, url_of
+
+            url = url_of(*parse_listen(settings.dashboard.listen))
+            console.print(f"dashboard keeps serving {url} (pid {dashboard.pid})")
     if problems:
         for problem in problems:
             console.print(f"[red]reconciliation failed:[/] {problem}")

@@ -246,7 +246,7 @@ def test_sql_console_answers_selects_and_refuses_everything_else(
         lake_server: ServerThread, lake_settings: Settings, page: Any, tmp_path: Path) -> None:
     _open(page, f"{lake_server.url}?tab=sql", "sql")
     assert _run_sql(page, "SELECT operation, count(*) AS n FROM costs GROUP BY operation "
-                          "ORDER BY operation") == "ok"
+                          "ORDER BY operation") == "ok", page.text_content("#sql-error")
     con = analytics.connect(lake_settings)
     expected = con.execute("SELECT operation, count(*) FROM costs GROUP BY operation "
                            "ORDER BY operation").fetchall()

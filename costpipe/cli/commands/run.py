@@ -25,10 +25,16 @@ def register(app: typer.Typer) -> None:
                            "closing and a spike alert; production default is 60)."),
         report: Path = typer.Option(Path("report.html"), "--report", help="HTML report path."),
         keep_running: bool = typer.Option(
-            False, "--keep-running", help="Leave the worker and broker running afterwards."),
+            False, "--keep-running",
+            help="Leave the worker, the broker and the dashboard running afterwards."),
+        dashboard: bool = typer.Option(
+            True, "--dashboard/--no-dashboard",
+            help="Serve `costpipe dashboard` (dashboard.listen, 127.0.0.1:8080) during the run "
+                 "and print its URL."),
     ) -> None:
-        """Start Kafka and a worker, simulate a hybrid fleet with a cost spike, show live
-        progress, then print the cost/dependency summary and write the HTML report."""
+        """Start Kafka, a worker and the dashboard, simulate a hybrid fleet with a cost spike,
+        show live progress, then print the cost/dependency summary and write the HTML
+        report."""
         import logging
         import os
 
@@ -57,7 +63,7 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         options = RunOptions(duration_s=duration, rate=rate, internal_share=internal_share,
                              seed=seed, gpus=gpus, spikes=list(spike), report=report,
-                             keep_running=keep_running)
+                             keep_running=keep_running, dashboard=dashboard)
         from costpipe.broker import BrokerError
 
         try:
