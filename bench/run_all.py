@@ -247,6 +247,15 @@ def benches(args: argparse.Namespace) -> list[Bench]:
             tuple(Figure(n, n, "s", digits=3) for n in ("dependency_share",
                                                         "cost_per_operation")),
             timeout=3600))  # the lake is built once, by the first run
+    out.append(Bench(
+        "dashboard", f"Dashboard overview over {int(rows10):,} cost records (headless Chromium)",
+        [PY, "-m", "bench.bench_dashboard", "--rows", rows10, "--lake", str(lake10)], last_json, (
+            Figure("first_paint_s", "first paint of the overview (median of 5 page loads)",
+                   "s", "< 1", le(1.0), 3),
+            Figure("overview_uncached_s", "overview answer, uncached (a new filter)", "s",
+                   digits=3),
+            Figure("server_start_s", "dashboard start incl. warm overview", "s", digits=2),
+        ), runs=1))
     return out
 
 

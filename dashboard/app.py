@@ -43,6 +43,7 @@ CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)
 FEED: web.AppKey[LiveFeed | None] = web.AppKey("feed", object)  # type: ignore[arg-type]
 PROBE: web.AppKey[KafkaProbe | None] = web.AppKey("probe", object)  # type: ignore[arg-type]
 VEGA: web.AppKey[asyncio.Future[bytes]] = web.AppKey("vega", asyncio.Future)
+WARMER: web.AppKey[asyncio.Future[None]] = web.AppKey("warmer", asyncio.Future)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -240,6 +241,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _keep_warm(store: Store, every_seconds: float = 20.0) -> None:
+    while True:
+        with contextlib.suppress(Exception):  # a lake mid-write: next round
+            await asyncio.to_thread(store.get, "overview", Filters(), queries.overview)
+        await asyncio.sleep(every_seconds)
+
+
 def create_app(settings: Settings, live: bool = True) -> web.Application:
     """The dashboard app; `live=False` serves the lake only (no Kafka: tests, a lake copy)."""
     app = web.Application(middlewares=[security], client_max_size=1024 * 1024)
@@ -257,10 +265,11 @@ def create_app(settings: Settings, live: bool = True) -> web.Application:
             feed.start()
             app[FEED] = feed
             app[PROBE] = KafkaProbe(settings)
-        # warm the overview's first answer, so the first page paints from the cache
-        loop.run_in_executor(None, app[STORE].get, "overview", Filters(), queries.overview)
+        # keep the unfiltered overview warm, so a page paints from the cache, not a scan
+        app[WARMER] = asyncio.ensure_future(_keep_warm(app[STORE]))
 
     async def on_shutdown(app: web.Application) -> None:
+        app[WARMER].cancel()
         feed, probe = app[FEED], app[PROBE]
         if feed is not None:
             feed.close_pages()
