@@ -90,10 +90,25 @@ def _share_series(rows: list[dict[str, Any]], t: str) -> list[dict[str, Any]]:
     return out
 
 
+def recent(rows: list[dict[str, Any]], span: dt.timedelta = dt.timedelta(hours=1)
+           ) -> list[dict[str, Any]]:
+    """The windows of the last hour before the newest (rows oldest first): the live chart
+    is about now, not a line drawn across yesterday's gap."""
+    if not rows:
+        return rows
+
+    def start(row: dict[str, Any]) -> dt.datetime:
+        value = row["window_start"]
+        return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+
+    newest = start(rows[-1])
+    return [row for row in rows if newest - start(row) <= span]
+
+
 def windows(con: duckdb.DuckDBPyConnection, f: Filters) -> list[dict[str, Any]]:
     rows = _records(con, "SELECT * FROM dashboard_window_share(?, ?, ?, ?) "
                          f"ORDER BY window_start DESC LIMIT {WINDOWS_SHOWN}", f.window_params())
-    return _rows_json(rows[::-1])
+    return _rows_json(recent(rows[::-1]))
 
 
 def overview(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
@@ -121,8 +136,10 @@ def overview(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
 
 def window_chart(rows: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
     """The live window-share chart (the page redraws it from its own rows as windows close)."""
+    rows = recent(rows)
     return _spec(rows, lambda: charts.share_over_time(
-        _share_series(rows, "window_start"), target, "Internal share per closed window (live)"))
+        _share_series(rows, "window_start"), target,
+        "Internal share per closed window, last hour (live)"))
 
 
 def costs(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
