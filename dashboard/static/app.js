@@ -280,6 +280,14 @@
       state.windows.sort(function (a, b) { return a.window_start < b.window_start ? -1 : 1; });
       document.body.setAttribute("data-last-window", w.window_start);
       drawWindows(w.window_start);
+      // the headline numbers follow the lake as the sink writes the window (a few s behind)
+      if (state.tab === "overview" && !state.kpiTimer) {
+        state.kpiTimer = setTimeout(function () {
+          state.kpiTimer = null;
+          getJSON("/api/overview?" + filterQuery()).then(function (d) { drawKpis(d.kpis); })
+            .catch(function () { /* the next window tries again */ });
+        }, 5000);
+      }
       // a closing window arrives as several messages: redraw the chart once per second
       if (state.tab === "overview" && !state.chartTimer) {
         state.chartTimer = setTimeout(function () {
