@@ -47,6 +47,9 @@ _DUCK_TYPES = {
 }
 
 
+# raw tail up to this size (about 2M cost records) is aggregated once per connection; a bigger
+# one (a lake no worker maintains) stays lazy, so `connect` never scans a large lake by itself
+MATERIALIZE_TAIL_BYTES = 64 * 1024 * 1024
 _PARTITION_SCHEMA = pa.schema([("date", pa.date32()), ("hour", pa.int32())])  # Hive, UTC
 # no surprise downloads: DuckDB would otherwise fetch and load a known extension (httpfs, ...)
 # the first time a query needs one
@@ -169,14 +172,23 @@ def connect(
     lake = open_lake(location or settings.lake.location, settings.lake)
     con = duckdb.connect(":memory:", config=_NO_DOWNLOADS)
     con.execute("SET TimeZone = 'UTC'")
+    # every view over a table binds its file list again, and without the cache each binding
+    # re-reads every file's footer (docs/decisions/2026-12-02-rollups-and-compaction.md)
+    con.execute("SET parquet_metadata_cache = true")
     plan = rollup.plan(lake, use_rollups=rollups)
     replacements = {"{{source:costs}}": _source(con, lake, "costs", plan.raw)}
     for name in TABLES:
         if name != "costs":
             replacements[f"{{{{source:{name}}}}}"] = _source(con, lake, name,
                                                              live_files(lake, name))
-    replacements["{{rollup:costs}}"] = _rollup_source(con, lake, plan, "costs")
-    replacements["{{rollup:latency}}"] = _rollup_source(con, lake, plan, "latency")
+    for kind in ("costs", "latency"):
+        relation = _rollup_source(con, lake, plan, kind)
+        if sum(f.size for f in plan.tail) <= MATERIALIZE_TAIL_BYTES:
+            # a maintained lake: rollups plus an hour or two of raw rows, aggregated once here
+            # instead of in every query (a query then reads a few thousand rows)
+            con.execute(f"CREATE TEMP TABLE _rollup_{kind} AS SELECT * FROM {relation}")
+            relation = f"_rollup_{kind}"
+        replacements[f"{{{{rollup:{kind}}}}}"] = relation
     replacements["{{sketch_value}}"] = sketch.SQL_VALUE
     replacements.update(_setting_placeholders(settings))
     for _name, text in sql_files():

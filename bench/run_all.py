@@ -56,6 +56,7 @@ class Bench:
     figures: tuple[Figure, ...]
     runs: int | None = None  # None = --runs
     timeout: float = 900
+    optional: bool = False  # long: runs only when named (--only) or asked for by its flag
 
 
 def last_json(out: str) -> dict[str, Any]:
@@ -239,6 +240,45 @@ def benches(args: argparse.Namespace) -> list[Bench]:
                             Figure("reemitted_rows_per_s", "re-emitted rows checked and dropped",
                                    "rows/s"),
                         )))
+    out.append(Bench(
+        "rollups", "Rollups: query time as history grows (100 requests/s; 10M, 100M, 300M rows;"
+        " worst of 5 warm runs) and files per day after compaction",
+        [PY, "-m", "bench.bench_rollups", "--keep", str(DATA / "rollups")], last_json, (
+            Figure("dependency_share_10m_max_s", "dependency_share, 10M rows", "s", "<= 0.3",
+                   le(0.3), 3),
+            Figure("dependency_share_100m_max_s", "dependency_share, 100M rows", "s", "<= 0.3",
+                   le(0.3), 3),
+            Figure("dependency_share_300m_max_s", "dependency_share, 300M rows", "s", "<= 0.3",
+                   le(0.3), 3),
+            Figure("dependency_share_growth", "dependency_share 300M / 10M", "x", "<= 2",
+                   le(2.0), 2),
+            Figure("cost_per_operation_10m_max_s", "cost_per_operation, 10M rows", "s",
+                   "<= 0.3", le(0.3), 3),
+            Figure("cost_per_operation_100m_max_s", "cost_per_operation, 100M rows", "s",
+                   "<= 0.3", le(0.3), 3),
+            Figure("cost_per_operation_300m_max_s", "cost_per_operation, 300M rows", "s",
+                   "<= 0.3", le(0.3), 3),
+            Figure("cost_per_operation_growth", "cost_per_operation 300M / 10M", "x", "<= 2",
+                   le(2.0), 2),
+            Figure("dependency_share_10m_raw_s", "dependency_share, 10M rows, raw scan", "s",
+                   digits=3),
+            Figure("dependency_share_100m_raw_s", "dependency_share, 100M rows, raw scan", "s",
+                   digits=3),
+            Figure("cost_per_operation_10m_raw_s", "cost_per_operation, 10M rows, raw scan",
+                   "s", digits=3),
+            Figure("cost_per_operation_100m_raw_s", "cost_per_operation, 100M rows, raw scan",
+                   "s", digits=3),
+            Figure("connect_10m_s", "connect (list files, build views), 10M", "s", digits=3),
+            Figure("connect_300m_s", "connect (list files, build views), 300M", "s", digits=3),
+            Figure("maintain_300m_s", "first maintenance of the 300M lake", "s", digits=1),
+            Figure("files_per_day_before", "files per day before compaction (2 partitions, "
+                   "a flush every 10 s)", ""),
+            Figure("files_per_day_after", "files per day after compaction", "", "a few per "
+                   "partition"),
+            Figure("files_per_hour_folder_after", "files per hour folder after compaction", "",
+                   digits=1),
+            Figure("compact_s", "compaction of that day", "s", digits=1),
+        ), runs=1, timeout=5400, optional=True))
     if args.rows_100m:
         out.append(Bench(
             "queries100m", "Query speed over 100,000,000 cost records",
@@ -327,6 +367,8 @@ def main() -> None:
                         help="seconds for the memory run")
     parser.add_argument("--rows-100m", action="store_true",
                         help="also build a 100M-row lake (~20 GB, long) and time queries")
+    parser.add_argument("--rollups", action="store_true",
+                        help="also run the rollups bench (300M-row lake, ~10 GB, long)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--render-only", action="store_true",
@@ -349,6 +391,8 @@ def main() -> None:
             parser.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}; "
                          f"choose from {', '.join(b.name for b in selected)}")
         selected = [b for b in selected if b.name in names]
+    else:
+        selected = [b for b in selected if not b.optional or args.rollups]
     if any(b.name == "e2e" for b in selected):
         ensure_quix()
     DATA.mkdir(exist_ok=True)

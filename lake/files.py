@@ -29,6 +29,7 @@ class DataFile:
     first: int
     last: int
     mtime: float = 0.0  # seconds since the epoch; 0 when the filesystem does not say
+    size: int = 0  # bytes
 
     @property
     def name(self) -> str:
@@ -56,7 +57,8 @@ def list_files(lake: Lake, base: str) -> list[DataFile]:
         if parsed is None:
             continue
         mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
-        out.append(DataFile(info.path, info.path.rsplit("/", 1)[0], *parsed, mtime=mtime))
+        out.append(DataFile(info.path, info.path.rsplit("/", 1)[0], *parsed, mtime=mtime,
+                            size=info.size or 0))
     return sorted(out, key=lambda f: f.path)
 
 
