@@ -291,7 +291,10 @@ def test_live_window_and_alert_reach_the_open_page(kafka_bootstrap: str, tmp_pat
     from tests.streams_support.workload import make_workload
 
     run = StreamsRun(kafka_bootstrap, tmp_path)
-    settings = run.settings.model_copy(update={"state_dir": tmp_path / "dash-state"})
+    group = run.env["COSTPIPE_SERVERS__WORKER_GROUP"]  # the health tab's lag is this group's
+    settings = run.settings.model_copy(update={
+        "state_dir": tmp_path / "dash-state",
+        "servers": run.settings.servers.model_copy(update={"worker_group": group})})
     dash = ServerThread(settings, live=True)
     watcher = Consumer(confluent_consumer(settings, f"dash-test-{uuid.uuid4().hex}",
                                           **{"auto.offset.reset": "earliest"}))
@@ -339,6 +342,13 @@ def test_live_window_and_alert_reach_the_open_page(kafka_bootstrap: str, tmp_pat
         page.locator("#alerts-feed li", has_text="chat/openai/gpt-4o-live").wait_for(
             state="attached", timeout=5_000)
         assert time.monotonic() - produced < 5
+
+        _open(page, f"{dash.url}?tab=health", "health")
+        assert page.text_content("#health-lag").endswith("msgs")
+        assert page.text_content("#health-dead") != "–"
+        assert page.text_content("#health-last-live") >= first.isoformat()
+        assert page.text_content("#health-error") == ""
+        _shot(page, "live-health")
     finally:
         watcher.close()
         run.stop_all()
