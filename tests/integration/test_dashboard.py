@@ -286,7 +286,9 @@ def test_sql_console_answers_selects_and_refuses_everything_else(
 @pytest.mark.timeout(240)
 def test_live_window_and_alert_reach_the_open_page(kafka_bootstrap: str, tmp_path: Path,
                                                    page: Any) -> None:
-    """With a worker running, a window it closes shows within 5 s; an alert too."""
+    """With a worker running, a window it closes shows within 5 s; an alert too; the health
+    tab reads the group's lag; on the lake the seeded run wrote, the headline numbers equal
+    the SQL."""
     from tests.streams_support.harness import StreamsRun
     from tests.streams_support.workload import make_workload
 
@@ -349,6 +351,25 @@ def test_live_window_and_alert_reach_the_open_page(kafka_bootstrap: str, tmp_pat
         assert page.text_content("#health-last-live") >= first.isoformat()
         assert page.text_content("#health-error") == ""
         _shot(page, "live-health")
+
+        # the lake this seeded simulated run wrote: headline numbers = the SQL on it
+        sent = sum(batch.num_rows for batch in work.requests)
+
+        def in_lake() -> int:
+            return analytics.connect(settings).execute(
+                "SELECT count(*) FROM costs WHERE record_type = 'request' AND timestamp < ?",
+                [work.end]).fetchall()[0][0]
+
+        deadline = time.monotonic() + 60
+        while in_lake() < sent and time.monotonic() < deadline:
+            time.sleep(1)
+        run.stop_all()  # the lake stands still: page and SQL read the same rows
+        assert in_lake() == sent, run.logs()
+        day = work.start.date().isoformat()
+        _open(page, f"{dash.url}?tab=overview&from={day}", "overview")  # a filter: no cache
+        shown = _kpis(page)
+        assert shown == _expected(settings, f"\"date\" >= DATE '{day}'")
+        assert int(shown["requests"].replace(",", "")) >= sent
     finally:
         watcher.close()
         run.stop_all()
