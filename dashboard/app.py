@@ -45,6 +45,7 @@ PROBE: web.AppKey[KafkaProbe | None] = web.AppKey("probe", object)  # type: igno
 VEGA: web.AppKey[asyncio.Future[bytes]] = web.AppKey("vega", asyncio.Future)
 WARMER: web.AppKey[asyncio.Future[None]] = web.AppKey("warmer", asyncio.Future)
 
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +74,12 @@ def _static(name: str) -> bytes:
 async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check (when set) and headers that keep the page to itself."""
     token = request.app[SETTINGS].dashboard.auth_token
+    if not token and (request.host.rsplit(":", 1)[0].strip("[]").lower()
+                      not in _LOOPBACK_NAMES):
+        # without a token the dashboard is loopback-only; a page from another site that
+        # re-points its own name at 127.0.0.1 (DNS rebinding) arrives with that name here
+        raise web.HTTPForbidden(text="costpipe dashboard: open it as http://127.0.0.1:<port>/ "
+                                     "(or set dashboard.auth_token)\n")
     if token:
         given = (request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or "")
         query_token = request.query.get("token")

@@ -96,3 +96,13 @@ def test_token_is_required_and_kept_in_a_cookie(settings: Settings) -> None:
             assert "default-src 'self'" in page.headers["Content-Security-Policy"]
 
     asyncio.run(scenario())
+
+
+def test_without_a_token_only_loopback_host_names_are_served(settings: Settings) -> None:
+    async def scenario() -> None:
+        async with TestClient(TestServer(create_app(settings, live=False))) as client:
+            assert (await client.get("/api/options")).status == 200
+            rebound = await client.get("/api/options", headers={"Host": "evil.example:8080"})
+            assert rebound.status == 403
+
+    asyncio.run(scenario())
