@@ -122,7 +122,7 @@ def _rollup_source(con: duckdb.DuckDBPyConnection, lake: Lake, plan: rollup.Roll
             listed = ", ".join("'" + p.replace("'", "''") + "'" for p in files)
             parts.append(f"SELECT * FROM read_parquet([{listed}])")
         else:
-            name = f"_rollup_{kind}"
+            name = f"_rollup_files_{kind}"
             con.register(name, ds.dataset(files, filesystem=lake.fs, format="parquet"))
             parts.append(f'SELECT * FROM "{name}"')
     if plan.tail:
