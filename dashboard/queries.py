@@ -229,10 +229,11 @@ def gpus(con: duckdb.DuckDBPyConnection, f: Filters) -> dict[str, Any]:
 
 
 def options(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Values the filter menus offer, from one scan of the lake."""
+    """Values the filter menus offer, from the rollups (the same dimensions as the rows)."""
     columns = ("team", "app", "operation", "provider")
     lists = ", ".join(f"list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)" for c in columns)
-    row = con.execute(f'SELECT {lists}, min("date"), max("date") FROM costs').fetchall()[0]
+    row = con.execute(f'SELECT {lists}, min("date"), max("date") FROM cost_rollup'
+                      ).fetchall()[0]
     out: dict[str, list[str]] = {c: sorted(row[i] or [])[:500] for i, c in enumerate(columns)}
     out["days"] = [_json(d) for d in row[4:] if d is not None]
     return out

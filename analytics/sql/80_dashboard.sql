@@ -5,9 +5,11 @@
 -- so a team or app filter leaves idle cost out; an operation filter keeps '(idle)' only when
 -- asked for it. Unfiltered, dashboard_totals equals analytics.summary() and the sums of the
 -- dependency_share and avoided_spend views.
+-- dashboard_costs: the matching rows of cost_rollup (hourly/daily sums from the lake's rollups
+-- plus the raw tail), so a filtered figure reads a few thousand rows, not every cost record.
 CREATE OR REPLACE MACRO dashboard_costs(from_day, to_day, f_team, f_app, f_operation,
                                          f_provider) AS TABLE
-SELECT * FROM costs
+SELECT * FROM cost_rollup
 WHERE "date" >= coalesce(from_day, DATE '0001-01-01')
   AND "date" <= coalesce(to_day, DATE '9999-12-31')
   AND (f_team IS NULL OR coalesce(team, '(none)') = f_team)
@@ -25,13 +27,13 @@ WITH c AS (
 ),
 t AS (
     SELECT
-        count(*) FILTER (WHERE record_type = 'request') AS requests,
+        coalesce(sum(requests), 0)::BIGINT AS requests,
         coalesce(sum(cost), 0) AS total_cost,
         coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS external_cost,
         coalesce(sum(cost) FILTER (WHERE provider_kind = 'internal'
                                    AND record_type <> 'idle'), 0) AS own_direct_cost,
         coalesce(sum(cost) FILTER (WHERE record_type = 'idle'), 0) AS idle_cost,
-        count(*) FILTER (WHERE record_type = 'request' AND provider_kind = 'external')
+        coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0)::BIGINT
             AS external_requests,
         sum(input_tokens + output_tokens) FILTER (WHERE record_type <> 'idle') AS tokens,
         coalesce(sum(input_tokens + output_tokens) FILTER (
@@ -61,9 +63,9 @@ CREATE OR REPLACE MACRO dashboard_daily_share(from_day, to_day, f_team, f_app, f
                                                f_provider) AS TABLE
 SELECT
     "date" AS day,
-    count(*) FILTER (WHERE record_type = 'request') AS requests,
-    1 - count(*) FILTER (WHERE record_type = 'request' AND provider_kind = 'external')
-        / nullif(count(*) FILTER (WHERE record_type = 'request'), 0) AS internal_share_requests,
+    sum(requests)::BIGINT AS requests,
+    1 - coalesce(sum(requests) FILTER (WHERE provider_kind = 'external'), 0)
+        / nullif(sum(requests), 0) AS internal_share_requests,
     1 - coalesce(sum(input_tokens + output_tokens) FILTER (WHERE provider_kind = 'external'), 0)
         / nullif(sum(input_tokens + output_tokens), 0) AS internal_share_tokens,
     1 - CAST(coalesce(sum(cost) FILTER (WHERE provider_kind = 'external'), 0) AS DOUBLE)
