@@ -40,7 +40,7 @@ chromium: ## Install Debian's chromium for the report's browser test (once)
 	@bash scripts/ensure_chromium.sh || echo "warning: could not install chromium (apt); the report's browser test will say it skipped"
 
 test: venv chromium ## Set up, then run the test suite (the session fixture starts a test broker)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 lint: venv ## ruff check
 	$(VENV)/bin/ruff check .
