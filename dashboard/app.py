@@ -70,6 +70,15 @@ def _static(name: str) -> bytes:
     return (resources.files("costpipe.dashboard") / "static" / name).read_bytes()
 
 
+def _same_origin(request: web.Request) -> bool:
+    """Browsers name the page that sent a request in Sec-Fetch-Site and Origin."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    return origin is None or origin.split("://", 1)[-1] == request.host
+
+
 @web.middleware
 async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check (when set) and headers that keep the page to itself."""
@@ -80,6 +89,10 @@ async def security(request: web.Request, handler: Handler) -> web.StreamResponse
         # re-points its own name at 127.0.0.1 (DNS rebinding) arrives with that name here
         raise web.HTTPForbidden(text="costpipe dashboard: open it as http://127.0.0.1:<port>/ "
                                      "(or set dashboard.auth_token)\n")
+    if request.method == "POST" and not _same_origin(request):
+        # a page on another site may POST to a loopback dashboard (it cannot read the answer,
+        # but it could keep the console busy): only this page's own requests are served
+        raise web.HTTPForbidden(text="costpipe dashboard: cross-site request refused\n")
     if token:
         given = (request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or "")
         query_token = request.query.get("token")

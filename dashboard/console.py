@@ -9,6 +9,10 @@ CREATE, EXPORT and reading any file outside the lake are refused, each with its 
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,11 +82,21 @@ def lake_folder(settings: Settings) -> Path | None:
     return Path(location.removeprefix("file://")).expanduser().resolve()
 
 
+@functools.cache
+def _private_temp() -> str:
+    """One empty folder per process for DuckDB's spill files, removed at exit."""
+    folder = tempfile.mkdtemp(prefix="costpipe-console-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def locked_connection(settings: Settings) -> duckdb.DuckDBPyConnection:
     """analytics.connect() on the lake, then DuckDB's sandbox on, then locked."""
     folder = lake_folder(settings)
     con = analytics.connect(settings, location=str(folder) if folder else None)
     allowed = [] if folder is None else [str(folder) + "/"]
+    # DuckDB allows its temp (spill) directory too; make it one nobody else writes to
+    con.execute("SET temp_directory = ?", [_private_temp()])
     con.execute("SET allowed_directories = ?", [allowed])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

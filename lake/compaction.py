@@ -72,21 +72,33 @@ def compact_table(lake: Lake, table_name: str, closed_before: dt.datetime,
     todo = [group for group in streams.values() if len(group) > 1
             and (end := _hour_end(group[0].folder)) is not None and end <= closed_before]
     for index, group in enumerate(todo):
-        _merge(lake, table_name, group)
+        try:
+            _merge(lake, table_name, group)
+        except FileNotFoundError:
+            continue  # another maintainer merged this stream meanwhile; its result stands
         stats.merged_streams += 1
         stats.files_after -= len(group) - 1
+        if grace_seconds <= 0:  # nobody to wait for: outside readers see one copy at once
+            stats.deleted += _delete(lake, group)
         if progress:
             progress(table_name, index + 1, len(todo))
     for old in superseded:
         cover = next((f for f in live if old.within(f)), None)
         if cover is None or now - cover.mtime < grace_seconds:
             continue
+        stats.deleted += _delete(lake, [old])
+    return stats
+
+
+def _delete(lake: Lake, files: list[DataFile]) -> int:
+    deleted = 0
+    for file in files:
         try:
-            lake.fs.delete_file(old.path)
-            stats.deleted += 1
+            lake.fs.delete_file(file.path)
+            deleted += 1
         except FileNotFoundError:
             pass  # another maintainer was first
-    return stats
+    return deleted
 
 
 def compact(lake: Lake, closed_before: dt.datetime, grace_seconds: float = 600.0,

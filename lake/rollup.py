@@ -128,6 +128,7 @@ class RollupPlan:
     tail: list[DataFile] = field(default_factory=list)  # raw files of periods not rolled up
     raw: list[DataFile] = field(default_factory=list)  # every live raw file
     stale: list[str] = field(default_factory=list)  # rollup files no period matches
+    used: list[str] = field(default_factory=list)  # rollup files that match their period
 
 
 def _rollup_files(lake: Lake, which: str) -> dict[str, dict[str, dict[str, str]]]:
@@ -183,6 +184,7 @@ def plan(lake: Lake, use_rollups: bool = True) -> RollupPlan:
     every = [p for folders in (hourly, daily) for hashes in folders.values()
              for kinds in hashes.values() for p in kinds.values()]
     out.stale = sorted(set(every) - used)
+    out.used = sorted(used)
     return out
 
 
@@ -287,15 +289,21 @@ def build(lake: Lake, closed_before: dt.datetime, grace_seconds: float = 600.0,
 
 
 def _delete_stale(lake: Lake, grace_seconds: float, now: float) -> int:
-    stale = plan(lake).stale
+    """Delete a period's stale rollups once its current rollup is `grace_seconds` old: a
+    connection made before the current one appeared may still read the stale one."""
+    plan_now = plan(lake)
+    current = {path.rsplit("/", 1)[0]: path for path in plan_now.used}
     deleted = 0
-    for path in stale:
-        info = lake.fs.get_file_info(path)
-        mtime = info.mtime.timestamp() if info.mtime is not None else now
-        if info.type == pafs.FileType.File and now - mtime >= grace_seconds:
-            try:
-                lake.fs.delete_file(path)
-                deleted += 1
-            except FileNotFoundError:
-                pass  # another maintainer deleted it first
+    for path in plan_now.stale:
+        replacement = current.get(path.rsplit("/", 1)[0])
+        if replacement is None:
+            continue  # its period has no current rollup yet: readers may still use it
+        info = lake.fs.get_file_info(replacement)
+        if info.mtime is None or now - info.mtime.timestamp() < grace_seconds:
+            continue
+        try:
+            lake.fs.delete_file(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass  # another maintainer deleted it first
     return deleted

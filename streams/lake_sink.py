@@ -132,8 +132,10 @@ async def _maintain_lake() -> None:
     """
     try:
         result = await asyncio.to_thread(maintain, sink.lake, settings.lake)
-    except OSError as exc:  # a storage hiccup: the next run does the same work again
-        log.warning("lake: maintenance failed, will retry: %s", exc)
+    except Exception:  # a bad file or a storage hiccup must not crash the leader (a Faust
+        # timer that raises stops the worker); the next run tries again
+        log.exception("lake: maintenance failed, will retry in %s s",
+                      settings.lake.maintenance_seconds)
         return
     merged = sum(s.merged_streams for s in result.compaction.values())
     if merged or result.rollups.hours_built or result.rollups.days_built:

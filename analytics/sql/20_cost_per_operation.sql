@@ -39,8 +39,9 @@ WHERE coalesce(day_total.day_cost, 0) = 0;
 
 -- Per operation x provider_kind x provider x model: cost per request and per 1k tokens,
 -- latency percentiles. Own models are fully loaded: direct GPU cost + allocated idle cost.
--- Latency percentiles come from the mergeable sketch in latency_rollup (within 1 % of the
--- exact value: the rank's bucket midpoint, as the live windows report them).
+-- Latency percentiles come from the mergeable sketch in latency_rollup: quantile_cont's
+-- interpolation between the two ranks around q x (n - 1), each rank's value read as its
+-- bucket's midpoint (within 1 % of that value).
 CREATE OR REPLACE VIEW cost_per_operation AS
 WITH sums AS (
     SELECT
@@ -64,12 +65,20 @@ ranked AS (
         sum(n) OVER (PARTITION BY operation, provider_kind, provider, model) - 1 AS last_rank
     FROM sketch
 ),
+-- as quantile_cont: the values at the ranks either side of q x (n - 1), interpolated
+picked AS (
+    SELECT operation, provider_kind, provider, model, q, any_value(q * last_rank) AS pos,
+        min(bucket) FILTER (WHERE seen > floor(q * last_rank)) AS below,
+        min(bucket) FILTER (WHERE seen > ceil(q * last_rank)) AS above
+    FROM ranked CROSS JOIN (SELECT unnest([0.5, 0.95, 0.99]) AS q)
+    GROUP BY ALL
+),
 quantiles AS (
     SELECT operation, provider_kind, provider, model,
-        [latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.5 * last_rank)),
-         latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.95 * last_rank)),
-         latency_bucket_value(min(bucket) FILTER (WHERE seen > 0.99 * last_rank))] AS latency_q
-    FROM ranked GROUP BY ALL
+        list(latency_bucket_value(below) + (pos - floor(pos))
+             * (latency_bucket_value(above) - latency_bucket_value(below)) ORDER BY q)
+            AS latency_q
+    FROM picked GROUP BY ALL
 ),
 base AS (
     SELECT s.*, q.latency_q

@@ -106,3 +106,19 @@ def test_without_a_token_only_loopback_host_names_are_served(settings: Settings)
             assert rebound.status == 403
 
     asyncio.run(scenario())
+
+
+def test_cross_site_posts_are_refused(settings: Settings) -> None:
+    async def scenario() -> None:
+        async with TestClient(TestServer(create_app(settings, live=False))) as client:
+            body = {"sql": "SELECT 1"}
+            assert (await client.post("/api/sql", json=body)).status == 200
+            for headers in ({"Origin": "http://evil.example"},
+                            {"Sec-Fetch-Site": "cross-site"}):
+                refused = await client.post("/api/sql", json=body, headers=headers)
+                assert refused.status == 403, headers
+            form = await client.post("/api/sql.csv", data={"sql": "SELECT 1"},
+                                     headers={"Origin": "http://evil.example"})
+            assert form.status == 403
+
+    asyncio.run(scenario())

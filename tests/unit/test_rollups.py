@@ -10,11 +10,13 @@ views over raw rows only (`analytics.connect(rollups=False)`).
 from __future__ import annotations
 
 import datetime as dt
+import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from costpipe import analytics
@@ -26,6 +28,7 @@ from costpipe.lake.layout import open_lake
 from costpipe.lake.maintenance import maintain
 from costpipe.lake.writer import write_range
 
+REPO_SQL = Path(analytics.__file__).parent / "sql" / "20_cost_per_operation.sql"
 START = dt.datetime(2026, 11, 1, 22, tzinfo=dt.UTC)  # crosses midnight: two days
 TOPIC = "costpipe.costs.v1"
 # the views that read the rollups (cost_daily and idle_allocation feed them)
@@ -155,3 +158,31 @@ def test_compaction_keeps_the_sinks_offsets_readable(tmp_path):
     assert durable_high_water(lake, "costs", TOPIC, 0) == 19
     names = [f.name for f in list_files(lake, lake.path("costs"))]
     assert f"{TOPIC}-p0-{0:020d}-{19:020d}.parquet" in names
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0.5, 60_000), min_size=1, max_size=40))
+@example([10.0, 1000.0])
+def test_latency_percentiles_track_quantile_cont_for_any_count(latencies):
+    import duckdb
+
+    from costpipe.schemas import sketch
+
+    con = duckdb.connect()
+    con.execute(f"CREATE MACRO latency_bucket_value(bucket) AS {sketch.SQL_VALUE}")
+    con.register("raw", pa.table({"latency_ms": latencies}))
+    con.execute(f"""CREATE VIEW latency_rollup AS SELECT 'op' AS operation,
+        'external' AS provider_kind, 'p' AS provider, 'm' AS model, {sketch.SQL_BUCKET} AS bucket,
+        count(*) AS n FROM raw GROUP BY ALL""")
+    sql = (REPO_SQL.read_text().split("CREATE OR REPLACE VIEW cost_per_operation AS")[1]
+           .split("base AS (")[0].removeprefix("\nWITH sums AS (").split("sketch AS (", 1)[1])
+    got = con.execute("WITH sketch AS (" + sql.rstrip().rstrip(",")
+                      + " SELECT latency_q FROM quantiles").fetchall()[0][0]
+    want = con.execute("SELECT quantile_cont(latency_ms, [0.5, 0.95, 0.99]) FROM raw"
+                       ).fetchall()[0][0]
+    ordered = sorted(latencies)
+    for q, value, exact in zip((0.5, 0.95, 0.99), got, want, strict=True):
+        # each rank's value within its bucket (2 %) of the true one, interpolated alike: for
+        # [10, 1000] the median is ~505, not the lower rank's 10
+        upper = ordered[math.ceil(q * (len(ordered) - 1))]
+        assert abs(value - exact) <= 0.021 * upper, (q, value, exact)
