@@ -119,6 +119,13 @@ class LiveFeed:
         self.error = f"Kafka: {error.str()}"
 
     def _run(self) -> None:
+        try:
+            self._consume()
+        except Exception as exc:  # the page's health tab says why the feed stopped
+            self.error = f"live feed stopped: {exc}"
+            log.exception("live feed stopped")
+
+    def _consume(self) -> None:
         group = f"{self.settings.dashboard.consumer_group}-{uuid.uuid4().hex[:8]}"
         consumer = Consumer(confluent_consumer(
             self.settings, group, error_cb=self._on_error,
