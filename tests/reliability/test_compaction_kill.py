@@ -1,8 +1,9 @@
 """A SIGKILL during compaction leaves the lake readable with the same totals, every time.
 
-`costpipe compact` runs as its own process over a lake of many small files and is killed at
-several points of its work; after each kill the views answer exactly as before (no partial
-state, no row counted twice), and a final run completes the job.
+`costpipe compact` runs as its own process over a lake of many small files and is killed each
+time one more merged file has landed (its replaced files still beside it); after each kill the
+views answer exactly as before (no partial state, no row counted twice), and a final run
+completes the job.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _totals(root: Path) -> tuple:
     return con.execute(TOTALS).fetchall()[0]
 
 
+def _merged(lake) -> int:
+    """Files compaction wrote (the sink's flushes here cover 10 offsets each)."""
+    return sum(1 for f in list_files(lake, lake.path("costs")) if f.last - f.first > 9)
+
+
 def _compact(root: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSTPIPE_")}
     env["COSTPIPE_LAKE__LOCATION"] = str(root)
@@ -54,22 +60,22 @@ def test_sigkill_during_compaction_keeps_every_total(tmp_path):
         write_range(lake, "costs", data, "costpipe.costs.v1", flush % 2, offset, offset + 9)
         offset += 10
     want = _totals(tmp_path)
-    kills = 0
-    for delay in (1.5, 2.2, 2.9):
+    for kill in range(2):
+        # SIGKILL just after one more hour-partition's merged file landed: its replaced files
+        # are still there (and maybe the next merge's staging file), so readers must hide them
         process = _compact(tmp_path)
-        time.sleep(delay)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
+        wait_for = _merged(lake) + 1
+        while _merged(lake) < wait_for:
+            assert process.poll() is None, "compaction finished before the kill"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-        assert _totals(tmp_path) == want, f"after a kill at {delay} s"
-    assert kills >= 2  # the kills really landed while it worked
+        assert _merged(lake) == kill + 1
+        assert _totals(tmp_path) == want, f"after kill {kill + 1}"
     process = _compact(tmp_path)
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err.decode()
     assert _totals(tmp_path) == want
     assert len(live_files(lake, "costs")) == 8  # one per hour and partition
-    process = _compact(tmp_path)  # the next run deletes what the last one replaced
-    assert process.wait(timeout=120) == 0
+    # with no grace, what the killed runs and this one replaced is gone too
     assert len(list_files(lake, lake.path("costs"))) == 8
-    assert _totals(tmp_path) == want
