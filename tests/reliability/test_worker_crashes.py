@@ -12,7 +12,7 @@ complete Parquet file and staging leftovers never match `*.parquet`.
 
 Scale: CI default is 60,000 events (2-core machine shared with Kafka and other suites: ~1M
 takes many minutes through one worker). `COSTPIPE_TEST_RELIABILITY_EVENTS=1000000` runs the issue's
-full size; `COSTPIPE_TEST_RELIABILITY_KILLS` raises the number of kills (default 4).
+full size; `COSTPIPE_TEST_RELIABILITY_KILLS` raises the number of kills (default 3).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _replayed(emitted: pa.Table) -> int:
 
 def test_random_sigkills_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_path: Path):
     events = scaled("COSTPIPE_TEST_RELIABILITY_EVENTS", 60_000)
-    kills = scaled("COSTPIPE_TEST_RELIABILITY_KILLS", 4)
+    kills = scaled("COSTPIPE_TEST_RELIABILITY_KILLS", 3)
     run = StreamsRun(kafka_bootstrap, tmp_path, COSTPIPE_LAKE__FLUSH_ROWS="5000",
                      COSTPIPE_LAKE__FLUSH_SECONDS="1")
     lake = tmp_path / "lake"
@@ -173,7 +173,7 @@ def test_sigkills_keep_own_model_pending_state(kafka_bootstrap: str, tmp_path: P
     SIGKILL each own-model request must still be allocated exactly once (none lost, none left
     unattributed, no correction), with one idle line per (GPU, bucket)."""
     events = scaled("COSTPIPE_TEST_RELIABILITY_OWN_EVENTS", 40_000)
-    kills = scaled("COSTPIPE_TEST_RELIABILITY_KILLS", 4)
+    kills = scaled("COSTPIPE_TEST_RELIABILITY_KILLS", 3)
     # Short lateness: buckets close during the run too, not only at the end.
     run = StreamsRun(kafka_bootstrap, tmp_path, COSTPIPE_LAKE__FLUSH_ROWS="5000",
                      COSTPIPE_LAKE__FLUSH_SECONDS="1", COSTPIPE_GPU__ALLOWED_LATENESS_SECONDS="2")

@@ -72,7 +72,7 @@ _maintain = st.tuples(st.just("maintain"), st.integers(1, 7), st.sampled_from([0
                       st.just(0))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.one_of(_write, _write, _replay, _maintain), min_size=4, max_size=10))
 def test_views_through_rollups_equal_a_raw_scan(tmp_path_factory, steps):
