@@ -75,9 +75,12 @@ def _empty(table_name: str) -> str:
     return f"(SELECT {', '.join(columns)} WHERE false)"
 
 
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
 def _local_files(paths: list[str]) -> str:
-    listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-    return (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+    return (f"read_parquet({_sql_list(paths)}, hive_partitioning = true, union_by_name = true, "
             "hive_types = {'date': DATE, 'hour': INTEGER})")
 
 
@@ -119,8 +122,7 @@ def _rollup_source(con: duckdb.DuckDBPyConnection, lake: Lake, plan: rollup.Roll
     files = plan.costs if kind == "costs" else plan.latency
     if files:
         if lake.is_local:
-            listed = ", ".join("'" + p.replace("'", "''") + "'" for p in files)
-            parts.append(f"SELECT * FROM read_parquet([{listed}])")
+            parts.append(f"SELECT * FROM read_parquet({_sql_list(files)})")
         else:
             name = f"_rollup_files_{kind}"
             con.register(name, ds.dataset(files, filesystem=lake.fs, format="parquet"))

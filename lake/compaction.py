@@ -19,13 +19,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from costpipe.lake.files import DataFile, list_files, split_live
+from costpipe.lake.files import DataFile, list_files, read_files, split_live
 from costpipe.lake.layout import TABLES, Lake, data_file_name, table
 from costpipe.lake.writer import cluster_sorted, sweep_maintenance_staging, write_file
-from costpipe.schemas.codec import conform
 
 
 @dataclass
@@ -48,8 +44,7 @@ def _hour_end(folder: str) -> dt.datetime | None:
 
 def _merge(lake: Lake, table_name: str, files: list[DataFile]) -> None:
     spec = table(table_name)
-    data = pa.concat_tables(conform(pq.read_table(f.path, filesystem=lake.fs), spec.schema)
-                            for f in files)
+    data = read_files(lake, table_name, [f.path for f in files])
     first, last = min(f.first for f in files), max(f.last for f in files)
     name = data_file_name(files[0].topic, files[0].partition, first, last)
     write_file(lake, files[0].folder, name, cluster_sorted(data, spec),

@@ -26,10 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from costpipe.lake.files import live_files
+from costpipe.lake.files import live_files, read_files
 from costpipe.lake.layout import EXPORT_DIR, TABLES, TMP_PREFIX, Lake, partition_dir
 from costpipe.lake.writer import COMPRESSION, ROW_GROUP_SIZE
-from costpipe.schemas.codec import conform
 
 ROWS_PER_FILE = 5_000_000
 Format = Literal["parquet", "focus"]
@@ -100,10 +99,7 @@ def _day_files(lake: Lake, table_name: str, day: dt.date) -> list[str]:
 
 
 def _read_day(lake: Lake, table_name: str, day: dt.date) -> pa.Table:
-    schema = TABLES[table_name].schema
-    files = _day_files(lake, table_name, day)
-    parts = [conform(pq.read_table(path, filesystem=lake.fs), schema) for path in files]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return read_files(lake, table_name, _day_files(lake, table_name, day))
 
 
 def _sorted(data: pa.Table, keys: tuple[str, ...]) -> pa.Table:

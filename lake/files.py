@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from costpipe.lake.layout import Lake, parse_data_file_name
+from costpipe.lake.layout import Lake, parse_data_file_name, table
+from costpipe.schemas.codec import conform
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,10 @@ def live_files(lake: Lake, table_name: str, under: str | None = None) -> list[Da
     """The live data files of a table (optionally only under `under`, e.g. `date=...`)."""
     base = lake.path(table_name, under) if under else lake.path(table_name)
     return split_live(list_files(lake, base))[0]
+
+
+def read_files(lake: Lake, table_name: str, paths: list[str]) -> pa.Table:
+    """The rows of `paths` in the table's current schema (older files get its new columns)."""
+    schema = table(table_name).schema
+    parts = [conform(pq.read_table(path, filesystem=lake.fs), schema) for path in paths]
+    return pa.concat_tables(parts) if parts else schema.empty_table()

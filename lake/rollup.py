@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from costpipe.lake.files import DataFile, live_files
+from costpipe.lake.files import DataFile, live_files, read_files
 from costpipe.lake.layout import Lake
 from costpipe.lake.writer import write_file
 from costpipe.schemas.records import COUNT_UNITS, SECONDS_UNITS
@@ -200,33 +200,19 @@ def _periods(files: list[DataFile]) -> dict[str, list[_Period]]:
     return days
 
 
-def _read_sql(con: duckdb.DuckDBPyConnection, lake: Lake, paths: list[str], hive: bool) -> str:
-    """A relation over `paths` on the lake's filesystem, registered in `con` when remote."""
-    if lake.is_local:
-        listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-        options = (", hive_partitioning = true, union_by_name = true, "
-                   "hive_types = {'date': DATE, 'hour': INTEGER}") if hive else ""
-        return f"read_parquet([{listed}]{options})"
-    tables = [pq.read_table(p, filesystem=lake.fs) for p in paths]
-    data = pa.concat_tables(tables, promote_options="default")
-    if hive:
-        raise ValueError("raw files of a remote lake are read through analytics")
-    name = f"_rollup_in_{len(con.execute('SHOW TABLES').fetchall())}"
-    con.register(name, data)
+def _register(con: duckdb.DuckDBPyConnection, name: str, lake: Lake, paths: list[str]) -> str:
+    """Small rollup files (an hour's or a day's groups), read with the lake's filesystem."""
+    con.register(name, pa.concat_tables(pq.read_table(p, filesystem=lake.fs) for p in paths))
     return f'"{name}"'
 
 
 def _raw_hour(lake: Lake, period: _Period) -> pa.Table:
     """The raw rows of one hour, with its `date` and `hour`, read with the lake's filesystem."""
-    from costpipe.lake.layout import table
-    from costpipe.schemas.codec import conform
-
-    schema = table("costs").schema
-    parts = [conform(pq.read_table(f.path, filesystem=lake.fs), schema) for f in period.files]
-    data = pa.concat_tables(parts)
-    date = dt.date.fromisoformat(period.date)
-    data = data.append_column("date", pa.array([date] * data.num_rows, pa.date32()))
-    return data.append_column("hour", pa.array([period.hour] * data.num_rows, pa.int32()))
+    data = read_files(lake, "costs", [f.path for f in period.files])
+    date = pa.scalar(dt.date.fromisoformat(period.date), pa.date32())
+    data = data.append_column("date", pa.repeat(date, data.num_rows))
+    return data.append_column("hour", pa.repeat(pa.scalar(period.hour, pa.int32()),
+                                                data.num_rows))
 
 
 def _write(lake: Lake, folder: str, kind: str, digest: str, data: pa.Table) -> None:
@@ -280,8 +266,9 @@ def build(lake: Lake, closed_before: dt.datetime, grace_seconds: float = 600.0,
         if not all(all(k in f for k in _KINDS) for f in found):
             continue  # an hour could not be rolled up yet
         for kind, merge in (("costs", merge_costs_sql), ("latency", merge_latency_sql)):
-            source = _read_sql(con, lake, [f[kind] for f in found], hive=False)
+            source = _register(con, f"day_{kind}", lake, [f[kind] for f in found])
             data = con.sql(merge(source, "NULL")).to_arrow_table()
+            con.unregister(f"day_{kind}")
             _write(lake, f"{DAILY}/date={date}", kind, digest, data)
         stats.days_built += 1
     stats.stale_deleted = _delete_stale(lake, grace_seconds, time.time())
